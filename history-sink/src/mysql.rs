@@ -1,0 +1,221 @@
+//! `MySqlSink` (feature `mysql`): sqlx MySQL/MariaDB, migrations in `migrations/mysql`.
+//!
+//! Also holds the batched statements the history service runs inside one transaction.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row};
+use uuid::Uuid;
+
+use crate::error::{HistoryError, Result};
+use crate::event::HistoryEvent;
+use crate::sink::{HistoryQuery, HistorySink};
+
+/// The embedded migrations for MySQL (`history_events`, `history_dead_letters`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/mysql");
+
+/// Most rows per multi-row `INSERT` (19 placeholders each, well under MySQL's 65,535).
+pub const MAX_ROWS_PER_INSERT: usize = 1000;
+
+/// History in MySQL or MariaDB. `record` is an idempotent upsert by `event_id`.
+#[derive(Debug, Clone)]
+pub struct MySqlSink {
+    pool: MySqlPool,
+}
+
+/// Opens a pool for `mysql://…` (no migrations).
+pub async fn connect_pool(url: &str, max_connections: u32) -> Result<MySqlPool> {
+    let opts = MySqlConnectOptions::from_str(url)?;
+    Ok(MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await?)
+}
+
+impl MySqlSink {
+    /// Connects to `mysql://user:pass@host:port/db` and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::from_pool(connect_pool(url, 8).await?).await
+    }
+
+    /// Wraps an existing pool and runs the migrations.
+    pub async fn from_pool(pool: MySqlPool) -> Result<Self> {
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+}
+
+/// An event decoded from a payload, with that payload kept as the row's `raw_json`.
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    /// The decoded, validated event.
+    pub event: HistoryEvent,
+    /// The JSON it came from.
+    pub raw: String,
+}
+
+/// A message that could not be stored as an event.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Kafka topic.
+    pub topic: String,
+    /// Kafka partition.
+    pub partition: i32,
+    /// Kafka offset.
+    pub offset: i64,
+    /// Message key, if any.
+    pub key: Option<Vec<u8>>,
+    /// Payload, if any.
+    pub payload: Option<Vec<u8>>,
+    /// Why it was refused.
+    pub error: String,
+}
+
+/// Upserts events with multi-row inserts; returns the number of new rows.
+/// Rows already present (same `event_id`) are left untouched.
+pub async fn upsert_events(conn: &mut MySqlConnection, events: &[RawEvent]) -> Result<u64> {
+    let mut inserted = 0;
+    for chunk in events.chunks(MAX_ROWS_PER_INSERT) {
+        let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
+            "INSERT INTO history_events (event_id, schema_version, kind, user_id, occurred_at, \
+             original_uri, mask_uri, result_uri, width, height, hole_ratio, model_id, \
+             model_version, strategy, device, latency_ms, status, error_message, raw_json) ",
+        );
+        qb.push_values(chunk, |mut b, RawEvent { event: ev, raw }| {
+            b.push_bind(ev.event_id.as_bytes().to_vec())
+                .push_bind(ev.schema_version)
+                .push_bind(ev.kind.as_str())
+                .push_bind(ev.user_id.clone())
+                .push_bind(ev.occurred_at.naive_utc())
+                .push_bind(ev.original_uri.clone())
+                .push_bind(ev.mask_uri.clone())
+                .push_bind(ev.result_uri.clone())
+                .push_bind(ev.width)
+                .push_bind(ev.height)
+                .push_bind(ev.hole_ratio)
+                .push_bind(ev.model_id.clone())
+                .push_bind(ev.model_version.clone())
+                .push_bind(ev.strategy.clone())
+                .push_bind(ev.device.clone())
+                .push_bind(ev.latency_ms)
+                .push_bind(ev.status.as_str())
+                .push_bind(ev.status.error_message().map(str::to_owned))
+                .push_bind(raw.clone());
+        });
+        // A no-op update: an existing row keeps its first-seen values.
+        qb.push(" ON DUPLICATE KEY UPDATE event_id = event_id");
+        let res = qb.build().execute(&mut *conn).await?;
+        // MySQL counts 1 per inserted row and 0 per untouched duplicate.
+        inserted += res.rows_affected();
+    }
+    Ok(inserted)
+}
+
+/// Inserts dead letters, idempotent by (topic, partition, offset).
+pub async fn insert_dead_letters(conn: &mut MySqlConnection, letters: &[DeadLetter]) -> Result<()> {
+    for chunk in letters.chunks(MAX_ROWS_PER_INSERT) {
+        let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
+            "INSERT INTO history_dead_letters (topic, kafka_partition, kafka_offset, message_key, \
+             raw_payload, error) ",
+        );
+        qb.push_values(chunk, |mut b, d| {
+            b.push_bind(d.topic.clone())
+                .push_bind(d.partition)
+                .push_bind(d.offset)
+                .push_bind(d.key.clone())
+                .push_bind(d.payload.clone())
+                .push_bind(d.error.clone());
+        });
+        qb.push(" ON DUPLICATE KEY UPDATE id = id");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn select_event(pool: &MySqlPool, event_id: Uuid) -> Result<Option<HistoryEvent>> {
+    let row = sqlx::query("SELECT raw_json FROM history_events WHERE event_id = ?")
+        .bind(event_id.as_bytes().to_vec())
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| HistoryEvent::from_json(r.get::<String, _>(0).as_bytes()))
+        .transpose()
+}
+
+async fn select_page(pool: &MySqlPool, q: &HistoryQuery) -> Result<Vec<HistoryEvent>> {
+    let mut qb: QueryBuilder<MySql> =
+        QueryBuilder::new("SELECT raw_json FROM history_events WHERE 1 = 1");
+    if let Some(user) = &q.user_id {
+        qb.push(" AND user_id = ").push_bind(user.clone());
+    }
+    if let Some(since) = q.since {
+        qb.push(" AND occurred_at >= ").push_bind(since.naive_utc());
+    }
+    if let Some(until) = q.until {
+        qb.push(" AND occurred_at < ").push_bind(until.naive_utc());
+    }
+    if let Some(kind) = q.kind {
+        qb.push(" AND kind = ").push_bind(kind.as_str());
+    }
+    if let Some(cursor) = q.before {
+        let c = select_event(pool, cursor)
+            .await?
+            .ok_or(HistoryError::UnknownCursor(cursor))?;
+        let at = c.occurred_at.naive_utc();
+        qb.push(" AND (occurred_at < ")
+            .push_bind(at)
+            .push(" OR (occurred_at = ")
+            .push_bind(at)
+            .push(" AND event_id < ")
+            .push_bind(cursor.as_bytes().to_vec())
+            .push("))");
+    }
+    qb.push(" ORDER BY occurred_at DESC, event_id DESC LIMIT ")
+        .push_bind(q.effective_limit());
+    let rows = qb.build().fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| HistoryEvent::from_json(r.get::<String, _>(0).as_bytes()))
+        .collect()
+}
+
+#[async_trait]
+impl HistorySink for MySqlSink {
+    fn name(&self) -> &'static str {
+        "mysql"
+    }
+
+    async fn record(&self, event: &HistoryEvent) -> Result<()> {
+        event.validate()?;
+        let raw = String::from_utf8(event.to_json()?).expect("serde_json writes UTF-8");
+        let mut conn = self.pool.acquire().await?;
+        upsert_events(
+            &mut conn,
+            &[RawEvent {
+                event: event.clone(),
+                raw,
+            }],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn query(&self, q: &HistoryQuery) -> Result<Vec<HistoryEvent>> {
+        select_page(&self.pool, q).await
+    }
+
+    async fn get(&self, event_id: Uuid) -> Result<Option<HistoryEvent>> {
+        select_event(&self.pool, event_id).await
+    }
+
+    fn can_query(&self) -> bool {
+        true
+    }
+}
