@@ -1,0 +1,9 @@
+//! `cargo bench -p partialconv`: every group under `benchmarks/`.
+use criterion::criterion_main;
+
+mod benchmarks;
+
+criterion_main! {
+    benchmarks::unet::benches,
+    benchmarks::masks::benches,
+}

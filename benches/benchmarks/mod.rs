@@ -1,0 +1,2 @@
+pub mod masks;
+pub mod unet;

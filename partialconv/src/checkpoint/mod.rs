@@ -1,0 +1,261 @@
+//! Model files: safetensors weights plus a JSON header describing the architecture, and the
+//! import of the public PyTorch reimplementation's `.pth` checkpoints.
+//!
+//! The header lives in the safetensors metadata under the key `partialconv` as [`ModelMeta`].
+
+pub mod torch_pickle;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::unet::{PConvUNet, PConvUNetConfig};
+use crate::layer::Convention;
+
+/// Key of the JSON header in the safetensors metadata.
+pub const META_KEY: &str = "partialconv";
+
+/// Per-channel normalisation applied to RGB in `[0, 1]` before the network.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// What the public checkpoints were trained with.
+    pub const IMAGENET: Normalization = Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+}
+
+impl Default for Normalization {
+    fn default() -> Self {
+        Self::IMAGENET
+    }
+}
+
+/// Everything about a model file except its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    pub config: PConvUNetConfig,
+    #[serde(default)]
+    pub normalization: Normalization,
+    /// Side length the model was trained at; `auto` uses it to pick a working resolution.
+    #[serde(default)]
+    pub train_size: Option<u32>,
+    /// Free-form provenance: data, steps, losses, source checkpoint.
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+impl ModelMeta {
+    pub fn new(config: PConvUNetConfig) -> Self {
+        Self { config, normalization: Normalization::IMAGENET, train_size: None, training: serde_json::Value::Null }
+    }
+}
+
+/// How weights are stored on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    #[default]
+    F32,
+    /// Halves the file; weights are widened back to fp32 on load.
+    F16,
+}
+
+/// A network with its weights and header.
+pub struct Model {
+    pub meta: ModelMeta,
+    pub vs: nn::VarStore,
+    pub net: PConvUNet,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("meta", &self.meta).field("device", &self.vs.device()).finish()
+    }
+}
+
+impl Model {
+    /// A freshly initialised network.
+    pub fn new(meta: ModelMeta, device: Device) -> Result<Self> {
+        meta.config.validate().map_err(Error::InvalidArgument)?;
+        let vs = nn::VarStore::new(device);
+        let net = PConvUNet::new(&vs.root(), meta.config);
+        Ok(Self { meta, vs, net })
+    }
+
+    pub fn load(path: &Path, device: Device) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(&bytes, &path.display().to_string(), device)
+    }
+
+    /// `what` names the source in errors (a path, "bundled model", ...).
+    pub fn from_bytes(bytes: &[u8], what: &str, device: Device) -> Result<Self> {
+        let bad = |reason: String| Error::Checkpoint { what: what.to_string(), reason };
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+        let meta_json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(META_KEY))
+            .ok_or_else(|| bad(format!("no `{META_KEY}` header: not a partialconv model")))?;
+        let meta: ModelMeta = serde_json::from_str(meta_json).map_err(|e| bad(format!("bad `{META_KEY}` header: {e}")))?;
+        meta.config.validate().map_err(|e| bad(e))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("corrupt safetensors data ({e})")))?;
+        let model = Self::new(meta, device)?;
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            tensors.insert(name, view);
+        }
+        copy_into(&model.vs, what, |name| tensors.get(name).map(view_to_tensor).transpose())?;
+        Ok(model)
+    }
+
+    /// Writes to a temporary file then renames, so a crash never leaves a half-written model
+    /// where a good one was.
+    pub fn save(&self, path: &Path, storage: Storage) -> Result<()> {
+        let meta = serde_json::to_string(&self.meta).expect("meta serialises");
+        let mut named: BTreeMap<String, (Vec<i64>, Dtype, Vec<u8>)> = BTreeMap::new();
+        for (name, t) in self.vs.variables() {
+            let (dtype, kind) = match storage {
+                Storage::F32 => (Dtype::F32, Kind::Float),
+                Storage::F16 => (Dtype::F16, Kind::Half),
+            };
+            let t = t.detach().to_device(Device::Cpu).to_kind(kind).contiguous();
+            let mut data = vec![0u8; t.numel() * kind.elt_size_in_bytes()];
+            t.copy_data_u8(&mut data, t.numel());
+            named.insert(name, (t.size(), dtype, data));
+        }
+        let views: Vec<(String, TensorView)> = named
+            .iter()
+            .map(|(n, (shape, dtype, data))| {
+                let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                (n.clone(), TensorView::new(*dtype, shape, data).expect("consistent view"))
+            })
+            .collect();
+        let info = HashMap::from([(META_KEY.to_string(), meta)]);
+        let bytes = safetensors::serialize(views, Some(info))
+            .map_err(|e| Error::Checkpoint { what: path.display().to_string(), reason: e.to_string() })?;
+        write_atomic(path, &bytes)
+    }
+
+    /// Copies weights named as in a PyTorch state dict of the public reimplementation
+    /// (`enc_1.conv.input_conv.weight`, ...) or as in our files; see [`canonical_name`].
+    pub fn load_state_dict(&self, tensors: &HashMap<String, Tensor>, what: &str) -> Result<()> {
+        let renamed: HashMap<String, &Tensor> =
+            tensors.iter().filter_map(|(k, t)| canonical_name(k).map(|n| (n, t))).collect();
+        copy_into(&self.vs, what, |name| Ok(renamed.get(name).map(|t| t.shallow_clone())))
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.vs.trainable_variables().iter().map(|t| t.numel()).sum()
+    }
+}
+
+/// Writes `bytes` to `path.tmp`, fsyncs, then renames over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp: PathBuf = {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".tmp");
+        path.with_file_name(name)
+    };
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+fn view_to_tensor(view: &TensorView<'_>) -> Result<Tensor> {
+    let kind = match view.dtype() {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        Dtype::I64 => Kind::Int64,
+        other => {
+            return Err(Error::Checkpoint { what: "tensor".into(), reason: format!("unsupported dtype {other:?}") })
+        }
+    };
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    Ok(Tensor::f_from_data_size(view.data(), &shape, kind)?)
+}
+
+/// Copies every variable of `vs` from `lookup`, checking presence and shape.
+fn copy_into(vs: &nn::VarStore, what: &str, mut lookup: impl FnMut(&str) -> Result<Option<Tensor>>) -> Result<()> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    tch::no_grad(|| {
+        for (name, mut var) in vars {
+            let src = lookup(&name)?.ok_or_else(|| Error::MissingTensor { what: what.into(), name: name.clone() })?;
+            if src.size() != var.size() {
+                return Err(Error::ShapeMismatch { what: what.into(), name, expected: var.size(), found: src.size() });
+            }
+            var.f_copy_(&src.to_kind(var.kind()).to_device(var.device()))?;
+        }
+        Ok(())
+    })
+}
+
+/// Our name for a state-dict key of the public reimplementation, or `None` for entries that
+/// are not part of the function (the constant-ones `mask_conv`, BN's batch counter).
+pub fn canonical_name(key: &str) -> Option<String> {
+    if key.contains(".mask_conv.") || key.ends_with("num_batches_tracked") {
+        return None;
+    }
+    Some(key.replace(".conv.input_conv.", ".conv."))
+}
+
+/// Imports a checkpoint of the public PyTorch reimplementation (a `{'n_iter', 'model',
+/// 'optimizer'}` dict, zip or legacy format) as a partialconv model. The file is read with a
+/// restricted unpickler that runs no code from it.
+pub fn import_pth(src: &Path) -> Result<Model> {
+    let bytes = std::fs::read(src).map_err(|e| Error::io(src, e))?;
+    let file = torch_pickle::read_pth(&bytes).map_err(|source| Error::Pth { path: src.into(), source })?;
+    let what = src.display().to_string();
+    let bad = |reason: String| Error::Checkpoint { what: what.clone(), reason };
+    // Bare state dicts exist too; accept both.
+    let prefix = if file.tensors.keys().any(|k| k.starts_with("model.")) { "model." } else { "" };
+    let weights: HashMap<String, &torch_pickle::RawTensor> = file
+        .tensors
+        .iter()
+        .filter_map(|(key, t)| key.strip_prefix(prefix).and_then(canonical_name).map(|n| (n, t)))
+        .collect();
+    let layer_size = (1..).take_while(|i| weights.contains_key(&format!("enc_{i}.conv.weight"))).count();
+    let first = weights.get("enc_1.conv.weight").ok_or_else(|| bad("no `enc_1.conv.input_conv.weight`: not a PConvUNet checkpoint".into()))?;
+    if first.shape.len() != 4 {
+        return Err(bad(format!("`enc_1` weight has shape {:?}", first.shape)));
+    }
+    let config = PConvUNetConfig {
+        layer_size,
+        width: first.shape[0] as i64,
+        input_channels: first.shape[1] as i64,
+        convention: Convention::Unscaled,
+        eps: 1e-8,
+    };
+    let mut meta = ModelMeta::new(config);
+    meta.training = serde_json::json!({
+        "imported_from": src.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "n_iter": match file.scalars.get("n_iter") {
+            Some(torch_pickle::Scalar::Int(n)) => Some(*n),
+            _ => None,
+        },
+    });
+    let model = Model::new(meta, Device::Cpu).map_err(|e| bad(e.to_string()))?;
+    copy_into(&model.vs, &what, |name| {
+        let Some(raw) = weights.get(name) else { return Ok(None) };
+        let data = raw.to_f32_vec().map_err(|source| Error::Pth { path: src.into(), source })?;
+        let shape: Vec<i64> = raw.shape.iter().map(|&d| d as i64).collect();
+        Ok(Some(Tensor::from_slice(&data).reshape(shape.as_slice())))
+    })?;
+    Ok(model)
+}

@@ -1,0 +1,78 @@
+//! The crate's one error type. Each message names the file or value at fault, because the
+//! CLI, the server and the Python bindings print it to a user as it is.
+
+use std::path::PathBuf;
+
+use crate::checkpoint::torch_pickle::PthError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+
+    /// A file (or upload) is not a decodable image, or is truncated.
+    #[error("{what}: not a readable image ({source})")]
+    Image { what: String, source: image::ImageError },
+
+    /// An image is larger than the caller allows; checked from the header, before decoding.
+    #[error("{what}: {width}×{height} exceeds the limit of {limit} pixels")]
+    TooLarge { what: String, width: u32, height: u32, limit: u64 },
+
+    /// Image and mask sizes differ.
+    #[error("mask is {mask_w}×{mask_h} but the image is {image_w}×{image_h} (use --resize-mask to scale it)")]
+    MaskSize { image_w: u32, image_h: u32, mask_w: u32, mask_h: u32 },
+
+    /// A model file is not a valid partialconv checkpoint.
+    #[error("{what}: {reason}")]
+    Checkpoint { what: String, reason: String },
+
+    /// A tensor the architecture needs is absent from the checkpoint.
+    #[error("{what}: missing tensor `{name}` (wrong architecture?)")]
+    MissingTensor { what: String, name: String },
+
+    /// A tensor has the wrong shape for the architecture in the checkpoint's metadata.
+    #[error("{what}: tensor `{name}` has shape {found:?}, the architecture needs {expected:?}")]
+    ShapeMismatch { what: String, name: String, expected: Vec<i64>, found: Vec<i64> },
+
+    /// A PyTorch checkpoint could not be imported.
+    #[error("{}: {source}", path.display())]
+    Pth { path: PathBuf, source: PthError },
+
+    /// No bundled model was compiled in and none was given.
+    #[error("no model: this build has no bundled model; pass --model or set PARTIALCONV_MODEL")]
+    NoModel,
+
+    /// An unknown or unavailable device.
+    #[error("device `{0}`: {1}")]
+    Device(String, String),
+
+    /// A bad argument value (strategy name, size, ...).
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// Training data problems: too few usable images, unreadable VGG file, ...
+    #[error("{0}")]
+    Data(String),
+
+    /// Training was interrupted (Ctrl-C or cancellation); the last checkpoint is kept.
+    #[error("interrupted at step {step}")]
+    Interrupted { step: u64 },
+
+    /// An error inside libtorch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    /// Whether the error is the caller's fault (bad input) rather than ours.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, Error::Torch(_) | Error::Interrupted { .. })
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

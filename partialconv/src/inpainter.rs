@@ -1,0 +1,368 @@
+//! Prediction: an image of any size plus a hole mask in, the same image with its holes
+//! filled out. Pixels outside the hole are returned bit for bit.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use image::{imageops, DynamicImage, GenericImageView, RgbImage, RgbaImage};
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{Model, Normalization};
+use crate::error::{Error, Result};
+use crate::layer::Mask;
+use crate::masks::{merge_overlapping, HoleMask, Rect};
+
+/// Environment variable naming a model file to use instead of the bundled one.
+pub const MODEL_ENV: &str = "PARTIALCONV_MODEL";
+
+/// How an image is brought to the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Picks one of the others from the image size, the holes and the model: see [`choose`].
+    #[default]
+    Auto,
+    /// The whole image at native resolution, reflect-padded to a multiple of `2^layer_size`.
+    Original,
+    /// Long side scaled to `long_side`, the fill upscaled back and composited.
+    Resize { long_side: u32 },
+    /// One native-resolution crop per hole region (with context), pasted back.
+    Crop,
+}
+
+impl FromStr for Strategy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Strategy::Auto),
+            "original" => Ok(Strategy::Original),
+            "crop" => Ok(Strategy::Crop),
+            "resize" => Ok(Strategy::Resize { long_side: 512 }),
+            _ => match s.strip_prefix("resize:").map(str::parse::<u32>) {
+                Some(Ok(n)) if n >= 16 => Ok(Strategy::Resize { long_side: n }),
+                _ => Err(Error::InvalidArgument(format!(
+                    "unknown strategy `{s}`: expected auto, original, resize, resize:N or crop"
+                ))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Strategy::Auto => f.write_str("auto"),
+            Strategy::Original => f.write_str("original"),
+            Strategy::Resize { long_side } => write!(f, "resize:{long_side}"),
+            Strategy::Crop => f.write_str("crop"),
+        }
+    }
+}
+
+/// Context kept around each hole for `crop`: half the hole's long side, at least this.
+pub const MIN_CROP_MARGIN: u32 = 32;
+
+/// The longest side the model is run on at native resolution: twice its training size (the
+/// network generalises to a few times its crop size, not to arbitrary resolutions), and never
+/// below 512.
+pub fn working_side(model_train_size: Option<u32>) -> u32 {
+    (2 * model_train_size.unwrap_or(256)).max(512)
+}
+
+/// Hole regions as `crop` processes them: each component's box grown by a context margin of
+/// `max(32, long side / 2)`, then overlapping boxes merged.
+pub fn crop_regions(width: u32, height: u32, hole_boxes: &[Rect]) -> Vec<Rect> {
+    let grown = hole_boxes
+        .iter()
+        .map(|b| b.expand(MIN_CROP_MARGIN.max(b.width().max(b.height()) / 2), width, height))
+        .collect();
+    merge_overlapping(grown)
+}
+
+/// `auto`, as a pure function of the image size, the hole boxes and the model's working side
+/// ([`working_side`]):
+/// 1. `Crop` when the crop regions cover at most half of the image and each fits the
+///    working side: big photos with small holes cost what the holes cost;
+/// 2. otherwise `Original` when the image's long side fits the working side;
+/// 3. otherwise `Resize` to the working side.
+pub fn choose(width: u32, height: u32, hole_boxes: &[Rect], working_side: u32) -> Strategy {
+    let regions = crop_regions(width, height, hole_boxes);
+    let covered: u64 = regions.iter().map(Rect::area).sum();
+    let fits = |r: &Rect| r.width().max(r.height()) <= working_side;
+    if !regions.is_empty() && covered * 2 <= width as u64 * height as u64 && regions.iter().all(fits) {
+        Strategy::Crop
+    } else if width.max(height) <= working_side {
+        Strategy::Original
+    } else {
+        Strategy::Resize { long_side: working_side }
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`, failing clearly where CUDA is absent.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let cuda = |i: usize| {
+        if !tch::Cuda::is_available() {
+            return Err(Error::Device(s.into(), "CUDA is not available on this machine".into()));
+        }
+        let n = tch::Cuda::device_count() as usize;
+        if i >= n {
+            return Err(Error::Device(s.into(), format!("only {n} CUDA device(s) present")));
+        }
+        Ok(Device::Cuda(i))
+    };
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => cuda(i),
+            _ => Err(Error::Device(s.into(), "expected cpu, cuda or cuda:N".into())),
+        },
+    }
+}
+
+/// The model compiled into this build, if any (`models/default.safetensors`).
+pub fn bundled_model() -> Option<&'static [u8]> {
+    #[cfg(all(feature = "bundled-model", bundled_model))]
+    {
+        Some(include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default.safetensors")))
+    }
+    #[cfg(not(all(feature = "bundled-model", bundled_model)))]
+    {
+        None
+    }
+}
+
+/// Loads `path`, else `$PARTIALCONV_MODEL`, else the bundled model.
+pub fn load_model(path: Option<&Path>, device: Device) -> Result<Model> {
+    if let Some(p) = path {
+        return Model::load(p, device);
+    }
+    if let Some(p) = std::env::var_os(MODEL_ENV).filter(|p| !p.is_empty()) {
+        return Model::load(Path::new(&p), device);
+    }
+    let bytes = bundled_model().ok_or(Error::NoModel)?;
+    Model::from_bytes(bytes, "bundled model", device)
+}
+
+/// Runs a [`Model`] on images.
+#[derive(Debug)]
+pub struct Inpainter {
+    model: Model,
+}
+
+impl Inpainter {
+    pub fn new(model: Model) -> Self {
+        Self { model }
+    }
+
+    /// See [`load_model`] for how `path = None` resolves.
+    pub fn load(path: Option<&Path>, device: Device) -> Result<Self> {
+        Ok(Self::new(load_model(path, device)?))
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn device(&self) -> Device {
+        self.model.vs.device()
+    }
+
+    /// What `auto` resolves to for this image and mask.
+    pub fn resolve(&self, strategy: Strategy, width: u32, height: u32, mask: &HoleMask) -> Strategy {
+        match strategy {
+            Strategy::Auto => {
+                choose(width, height, &mask.component_boxes(), working_side(self.model.meta.train_size))
+            }
+            s => s,
+        }
+    }
+
+    /// Fills the holes of `image`. Alpha is kept; 16-bit images come back as 8-bit.
+    pub fn predict(&self, image: &DynamicImage, mask: &HoleMask, strategy: Strategy) -> Result<DynamicImage> {
+        let (w, h) = image.dimensions();
+        check_mask_size(w, h, mask)?;
+        if mask.is_empty() {
+            return Ok(image.clone());
+        }
+        let rgb = image.to_rgb8();
+        let filled = match self.resolve(strategy, w, h, mask) {
+            Strategy::Original | Strategy::Auto => self.fill_native(&[&rgb], &[mask])?.remove(0),
+            Strategy::Resize { long_side } => self.fill_resized(&rgb, mask, long_side)?,
+            Strategy::Crop => self.fill_crops(&rgb, mask)?,
+        };
+        Ok(finish(image, composite(&rgb, &filled, mask)))
+    }
+
+    /// Predicts many images; same-size items under `original` share one forward pass.
+    pub fn predict_batch(&self, items: &[(DynamicImage, HoleMask)], strategy: Strategy) -> Result<Vec<DynamicImage>> {
+        let mut out: Vec<Option<DynamicImage>> = vec![None; items.len()];
+        let mut native: Vec<usize> = Vec::new();
+        for (i, (img, mask)) in items.iter().enumerate() {
+            let (w, h) = img.dimensions();
+            check_mask_size(w, h, mask)?;
+            if !mask.is_empty() && self.resolve(strategy, w, h, mask) == Strategy::Original {
+                native.push(i);
+            } else {
+                out[i] = Some(self.predict(img, mask, strategy)?);
+            }
+        }
+        // Group the native-resolution items by size, so each group is one batched forward.
+        native.sort_by_key(|&i| items[i].0.dimensions());
+        for group in native.chunk_by(|&a, &b| items[a].0.dimensions() == items[b].0.dimensions()) {
+            let rgbs: Vec<RgbImage> = group.iter().map(|&i| items[i].0.to_rgb8()).collect();
+            let masks: Vec<&HoleMask> = group.iter().map(|&i| &items[i].1).collect();
+            let filled = self.fill_native(&rgbs.iter().collect::<Vec<_>>(), &masks)?;
+            for ((&i, rgb), f) in group.iter().zip(&rgbs).zip(filled) {
+                out[i] = Some(finish(&items[i].0, composite(rgb, &f, &items[i].1)));
+            }
+        }
+        Ok(out.into_iter().map(|o| o.expect("every item predicted")).collect())
+    }
+
+    /// The network's raw prediction for same-size images at native resolution (no composite).
+    pub fn fill_native(&self, images: &[&RgbImage], masks: &[&HoleMask]) -> Result<Vec<RgbImage>> {
+        self.model.fill_native(images, masks)
+    }
+
+    fn fill_resized(&self, rgb: &RgbImage, mask: &HoleMask, long_side: u32) -> Result<RgbImage> {
+        let (w, h) = rgb.dimensions();
+        if w.max(h) <= long_side {
+            return Ok(self.fill_native(&[rgb], &[mask])?.remove(0));
+        }
+        let scale = long_side as f64 / w.max(h) as f64;
+        let (sw, sh) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+        let small = imageops::resize(rgb, sw, sh, imageops::FilterType::Lanczos3);
+        let small_mask = mask.resize_conservative(sw, sh);
+        let filled = self.fill_native(&[&small], &[&small_mask])?.remove(0);
+        Ok(imageops::resize(&filled, w, h, imageops::FilterType::CatmullRom))
+    }
+
+    fn fill_crops(&self, rgb: &RgbImage, mask: &HoleMask) -> Result<RgbImage> {
+        let (w, h) = rgb.dimensions();
+        let side = working_side(self.model.meta.train_size);
+        let mut out = rgb.clone();
+        for r in crop_regions(w, h, &mask.component_boxes()) {
+            let crop = imageops::crop_imm(rgb, r.x0, r.y0, r.width(), r.height()).to_image();
+            let crop_mask = mask.crop(r);
+            let filled = self.fill_resized(&crop, &crop_mask, side)?;
+            let filled = composite(&crop, &filled, &crop_mask);
+            imageops::replace(&mut out, &filled, r.x0 as i64, r.y0 as i64);
+        }
+        Ok(out)
+    }
+}
+
+fn check_mask_size(w: u32, h: u32, mask: &HoleMask) -> Result<()> {
+    if mask.dimensions() != (w, h) {
+        let (mask_w, mask_h) = mask.dimensions();
+        return Err(Error::MaskSize { image_w: w, image_h: h, mask_w, mask_h });
+    }
+    Ok(())
+}
+
+/// Original pixels outside the hole, `filled` inside.
+pub fn composite(original: &RgbImage, filled: &RgbImage, mask: &HoleMask) -> RgbImage {
+    let mut out = original.clone();
+    for ((o, f), &hole) in out.pixels_mut().zip(filled.pixels()).zip(mask.as_slice()) {
+        if hole {
+            *o = *f;
+        }
+    }
+    out
+}
+
+/// Restores the input's alpha channel, if it had one.
+fn finish(input: &DynamicImage, rgb: RgbImage) -> DynamicImage {
+    if !input.color().has_alpha() {
+        return DynamicImage::ImageRgb8(rgb);
+    }
+    let alpha = input.to_rgba8();
+    let rgba = RgbaImage::from_fn(rgb.width(), rgb.height(), |x, y| {
+        let [r, g, b] = rgb.get_pixel(x, y).0;
+        image::Rgba([r, g, b, alpha.get_pixel(x, y)[3]])
+    });
+    DynamicImage::ImageRgba8(rgba)
+}
+
+/// `3×H×W` floats in `[0, 1]`.
+pub fn image_to_tensor(img: &RgbImage) -> Tensor {
+    let (w, h) = img.dimensions();
+    Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 255.0
+}
+
+/// `1×H×W`, 1 where valid.
+pub fn valid_tensor(mask: &HoleMask) -> Tensor {
+    let valid: Vec<f32> = mask.as_slice().iter().map(|&hole| if hole { 0.0 } else { 1.0 }).collect();
+    Tensor::from_slice(&valid).view([1, mask.height() as i64, mask.width() as i64])
+}
+
+/// `3×H×W` uint8 to an image.
+fn tensor_to_image(t: &Tensor) -> Result<RgbImage> {
+    let (h, w) = (t.size()[1], t.size()[2]);
+    let hwc = t.permute([1, 2, 0]).contiguous();
+    let mut buf = vec![0u8; (h * w * 3) as usize];
+    let numel = buf.len();
+    hwc.f_copy_data_u8(&mut buf, numel)?;
+    Ok(RgbImage::from_raw(w as u32, h as u32, buf).expect("buffer matches dimensions"))
+}
+
+fn channel_stats(norm: &Normalization, device: Device) -> (Tensor, Tensor) {
+    let mean = Tensor::from_slice(&norm.mean).view([1, 3, 1, 1]).to_device(device);
+    let std = Tensor::from_slice(&norm.std).view([1, 3, 1, 1]).to_device(device);
+    (mean, std)
+}
+
+pub fn normalize(x: &Tensor, norm: &Normalization) -> Tensor {
+    let (mean, std) = channel_stats(norm, x.device());
+    (x - mean) / std
+}
+
+pub fn denormalize(x: &Tensor, norm: &Normalization) -> Tensor {
+    let (mean, std) = channel_stats(norm, x.device());
+    x * std + mean
+}
+
+/// Reflect-pads the bottom and right of `N×C×H×W` up to a multiple of `multiple`. Images
+/// smaller than the padding are reflected repeatedly, since one reflection can add at most
+/// `side − 1` pixels.
+pub fn pad_to_multiple(x: &Tensor, multiple: i64) -> Tensor {
+    let mut x = x.shallow_clone();
+    loop {
+        let s = x.size();
+        let (h, w) = (s[2], s[3]);
+        let need_h = (multiple - h % multiple) % multiple;
+        let need_w = (multiple - w % multiple) % multiple;
+        if need_h == 0 && need_w == 0 {
+            return x;
+        }
+        let (ph, pw) = (need_h.min(h - 1), need_w.min(w - 1));
+        x = if ph == 0 && pw == 0 {
+            // A 1-pixel side cannot be reflected; repeat it instead.
+            x.replication_pad2d([0, need_w, 0, need_h])
+        } else {
+            x.reflection_pad2d([0, pw, 0, ph])
+        };
+    }
+}
+
+impl Model {
+    /// The network's raw prediction for same-size images at native resolution (no composite).
+    pub fn fill_native(&self, images: &[&RgbImage], masks: &[&HoleMask]) -> Result<Vec<RgbImage>> {
+        let (w, h) = images[0].dimensions();
+        let device = self.vs.device();
+        let norm = &self.meta.normalization;
+        let x = Tensor::stack(&images.iter().map(|im| image_to_tensor(im)).collect::<Vec<_>>(), 0).to_device(device);
+        let valid = Tensor::stack(&masks.iter().map(|m| valid_tensor(m)).collect::<Vec<_>>(), 0).to_device(device);
+        let x = normalize(&x, norm);
+        let multiple = self.net.config().multiple();
+        let (x, valid) = (pad_to_multiple(&x, multiple), pad_to_multiple(&valid, multiple));
+        let channels = self.net.config().input_channels;
+        let y = tch::no_grad(|| {
+            let (y, _) = self.net.forward_t(&(&x * &valid), &Mask::shared(valid, channels), false);
+            y
+        });
+        let y = denormalize(&y, norm).narrow(2, 0, h as i64).narrow(3, 0, w as i64);
+        let y = (y.clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8).to_device(Device::Cpu);
+        (0..images.len() as i64).map(|i| tensor_to_image(&y.get(i))).collect()
+    }
+}

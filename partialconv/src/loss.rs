@@ -1,0 +1,102 @@
+//! The paper's training loss (Liu et al. 2018, eq. 3–7):
+//! `L_valid + 6·L_hole + 0.05·L_perceptual + 120·(L_style_out + L_style_comp) + 0.1·L_tv`.
+
+use tch::{Kind, Tensor};
+
+use crate::checkpoint::Normalization;
+use crate::inpainter::denormalize;
+use crate::vgg::Vgg19Features;
+
+/// Weights of the loss terms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossWeights {
+    pub valid: f64,
+    pub hole: f64,
+    pub perceptual: f64,
+    pub style: f64,
+    pub tv: f64,
+}
+
+impl Default for LossWeights {
+    /// The paper's weights.
+    fn default() -> Self {
+        Self { valid: 1.0, hole: 6.0, perceptual: 0.05, style: 120.0, tv: 0.1 }
+    }
+}
+
+/// Each term (already weighted) and their sum.
+#[derive(Debug)]
+pub struct LossTerms {
+    pub total: Tensor,
+    pub valid: f64,
+    pub hole: f64,
+    pub perceptual: f64,
+    pub style: f64,
+    pub tv: f64,
+}
+
+/// The inpainting loss, with the VGG terms when a feature extractor is given.
+#[derive(Debug)]
+pub struct InpaintingLoss {
+    pub weights: LossWeights,
+    pub normalization: Normalization,
+    pub vgg: Option<Vgg19Features>,
+}
+
+impl InpaintingLoss {
+    /// `valid`: `N×1×H×W`, 1 outside the hole; `output` and `gt` are in the model's
+    /// normalised space, as the L1 terms of the reference implementation are.
+    pub fn compute(&self, valid: &Tensor, output: &Tensor, gt: &Tensor) -> LossTerms {
+        let w = &self.weights;
+        let hole = valid.ones_like() - valid;
+        let comp = valid * gt + &hole * output;
+        let l_valid = (valid * (output - gt)).abs().mean(Kind::Float) * w.valid;
+        let l_hole = (&hole * (output - gt)).abs().mean(Kind::Float) * w.hole;
+        let l_tv = total_variation(&comp) * w.tv;
+        let mut total = &l_valid + &l_hole + &l_tv;
+        let (mut perceptual, mut style) = (0.0, 0.0);
+        if let Some(vgg) = &self.vgg {
+            let to_rgb = |x: &Tensor| denormalize(x, &self.normalization);
+            let f_out = vgg.features(&to_rgb(output));
+            let f_comp = vgg.features(&to_rgb(&comp));
+            let f_gt = tch::no_grad(|| vgg.features(&to_rgb(gt)));
+            let mut l_perc = Tensor::zeros([], (Kind::Float, output.device()));
+            let mut l_style = Tensor::zeros([], (Kind::Float, output.device()));
+            for ((o, c), g) in f_out.iter().zip(&f_comp).zip(&f_gt) {
+                l_perc = l_perc + (o - g).abs().mean(Kind::Float) + (c - g).abs().mean(Kind::Float);
+                let gram_g = gram(g);
+                l_style = l_style + (gram(o) - &gram_g).abs().mean(Kind::Float) + (gram(c) - &gram_g).abs().mean(Kind::Float);
+            }
+            let l_perc = l_perc * w.perceptual;
+            let l_style = l_style * w.style;
+            perceptual = l_perc.double_value(&[]);
+            style = l_style.double_value(&[]);
+            total = total + l_perc + l_style;
+        }
+        LossTerms {
+            valid: l_valid.double_value(&[]),
+            hole: l_hole.double_value(&[]),
+            tv: l_tv.double_value(&[]),
+            perceptual,
+            style,
+            total,
+        }
+    }
+}
+
+/// `K_p · Ψᵀ Ψ` with `K_p = 1/(C·H·W)`: the Gram matrix of eq. 5.
+pub fn gram(features: &Tensor) -> Tensor {
+    let s = features.size();
+    let (n, c, hw) = (s[0], s[1], s[2] * s[3]);
+    let f = features.view([n, c, hw]);
+    f.bmm(&f.transpose(1, 2)) / (c * hw) as f64
+}
+
+/// Mean absolute difference between horizontal and vertical neighbours.
+pub fn total_variation(x: &Tensor) -> Tensor {
+    let s = x.size();
+    let (h, w) = (s[2], s[3]);
+    let dx = (x.narrow(3, 0, w - 1) - x.narrow(3, 1, w - 1)).abs().mean(Kind::Float);
+    let dy = (x.narrow(2, 0, h - 1) - x.narrow(2, 1, h - 1)).abs().mean(Kind::Float);
+    dx + dy
+}

