@@ -233,20 +233,20 @@ mod tests {
         let store = ImageStore::local(dir.path().join("store")).unwrap();
         let h = "a".repeat(64);
         for key in [
-            "../secret.png",
-            "..%2fsecret.png",
-            "/etc/passwd",
-            &format!("{h}"),
-            &format!("{h}.exe"),
-            &format!("{}.png", "A".repeat(64)),
-            &format!("../{}.png", &h[3..]),
-            &format!("{h}.png/../../x"),
-            &format!("{}.png", &h[1..]),
-            "",
-            ".png",
+            "../secret.png".to_owned(),
+            "..%2fsecret.png".to_owned(),
+            "/etc/passwd".to_owned(),
+            h.clone(),
+            format!("{h}.exe"),
+            format!("{}.png", "A".repeat(64)),
+            format!("../{}.png", &h[3..]),
+            format!("{h}.png/../../x"),
+            format!("{}.png", &h[1..]),
+            String::new(),
+            ".png".to_owned(),
         ] {
             assert!(
-                matches!(store.get(key).await, Err(HistoryError::InvalidKey(_))),
+                matches!(store.get(&key).await, Err(HistoryError::InvalidKey(_))),
                 "{key:?}"
             );
         }

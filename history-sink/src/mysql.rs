@@ -54,6 +54,9 @@ impl MySqlSink {
     }
 }
 
+/// Longest message key kept in `history_dead_letters.message_key`.
+pub const MAX_DEAD_LETTER_KEY: usize = 1024;
+
 /// An event decoded from a payload, with that payload kept as the row's `raw_json`.
 #[derive(Debug, Clone)]
 pub struct RawEvent {
@@ -72,7 +75,7 @@ pub struct DeadLetter {
     pub partition: i32,
     /// Kafka offset.
     pub offset: i64,
-    /// Message key, if any.
+    /// Message key, if any (at most [`MAX_DEAD_LETTER_KEY`] bytes are kept).
     pub key: Option<Vec<u8>>,
     /// Payload, if any.
     pub payload: Option<Vec<u8>>,
@@ -80,13 +83,13 @@ pub struct DeadLetter {
     pub error: String,
 }
 
-/// Upserts events with multi-row inserts; returns the number of new rows.
-/// Rows already present (same `event_id`) are left untouched.
+/// Inserts validated events with multi-row inserts, idempotently; returns the number of new
+/// rows. Rows already present (same `event_id`) are left untouched.
 pub async fn upsert_events(conn: &mut MySqlConnection, events: &[RawEvent]) -> Result<u64> {
     let mut inserted = 0;
     for chunk in events.chunks(MAX_ROWS_PER_INSERT) {
         let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
-            "INSERT INTO history_events (event_id, schema_version, kind, user_id, occurred_at, \
+            "INSERT IGNORE INTO history_events (event_id, schema_version, kind, user_id, occurred_at, \
              original_uri, mask_uri, result_uri, width, height, hole_ratio, model_id, \
              model_version, strategy, device, latency_ms, status, error_message, raw_json) ",
         );
@@ -111,10 +114,12 @@ pub async fn upsert_events(conn: &mut MySqlConnection, events: &[RawEvent]) -> R
                 .push_bind(ev.status.error_message().map(str::to_owned))
                 .push_bind(raw.clone());
         });
-        // A no-op update: an existing row keeps its first-seen values.
-        qb.push(" ON DUPLICATE KEY UPDATE event_id = event_id");
+        // `IGNORE` makes a duplicate event_id a no-op (the first copy wins) and lets the
+        // affected-row count be exactly the new rows (sqlx sets CLIENT_FOUND_ROWS, which
+        // would count `ON DUPLICATE KEY UPDATE` no-ops too). It would also turn conversion
+        // errors into warnings, which is why every event is validated first: lengths and
+        // ranges all fit the columns.
         let res = qb.build().execute(&mut *conn).await?;
-        // MySQL counts 1 per inserted row and 0 per untouched duplicate.
         inserted += res.rows_affected();
     }
     Ok(inserted)
@@ -131,7 +136,11 @@ pub async fn insert_dead_letters(conn: &mut MySqlConnection, letters: &[DeadLett
             b.push_bind(d.topic.clone())
                 .push_bind(d.partition)
                 .push_bind(d.offset)
-                .push_bind(d.key.clone())
+                .push_bind(
+                    d.key
+                        .as_ref()
+                        .map(|k| k[..k.len().min(MAX_DEAD_LETTER_KEY)].to_vec()),
+                )
                 .push_bind(d.payload.clone())
                 .push_bind(d.error.clone());
         });
@@ -141,13 +150,17 @@ pub async fn insert_dead_letters(conn: &mut MySqlConnection, letters: &[DeadLett
     Ok(())
 }
 
+/// `raw_json` is `LONGTEXT` with a binary collation, which MySQL reports as a BLOB.
+fn decode_row(r: &sqlx::mysql::MySqlRow) -> Result<HistoryEvent> {
+    HistoryEvent::from_json(&r.try_get::<Vec<u8>, _>(0)?)
+}
+
 async fn select_event(pool: &MySqlPool, event_id: Uuid) -> Result<Option<HistoryEvent>> {
     let row = sqlx::query("SELECT raw_json FROM history_events WHERE event_id = ?")
         .bind(event_id.as_bytes().to_vec())
         .fetch_optional(pool)
         .await?;
-    row.map(|r| HistoryEvent::from_json(r.get::<String, _>(0).as_bytes()))
-        .transpose()
+    row.map(|r| decode_row(&r)).transpose()
 }
 
 async fn select_page(pool: &MySqlPool, q: &HistoryQuery) -> Result<Vec<HistoryEvent>> {
@@ -181,9 +194,7 @@ async fn select_page(pool: &MySqlPool, q: &HistoryQuery) -> Result<Vec<HistoryEv
     qb.push(" ORDER BY occurred_at DESC, event_id DESC LIMIT ")
         .push_bind(q.effective_limit());
     let rows = qb.build().fetch_all(pool).await?;
-    rows.iter()
-        .map(|r| HistoryEvent::from_json(r.get::<String, _>(0).as_bytes()))
-        .collect()
+    rows.iter().map(decode_row).collect()
 }
 
 #[async_trait]

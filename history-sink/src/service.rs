@@ -171,6 +171,8 @@ async fn connect_mysql(
 #[derive(Default)]
 struct Batch {
     events: Vec<RawEvent>,
+    /// (topic, partition, offset) of each entry of `events`.
+    positions: Vec<(String, i32, i64)>,
     dead: Vec<DeadLetter>,
     /// Next offset to commit, per (topic, partition).
     next: HashMap<(String, i32), i64>,
@@ -197,7 +199,11 @@ impl Batch {
                 }),
         };
         match decoded {
-            Ok(ev) => self.events.push(ev),
+            Ok(ev) => {
+                self.events.push(ev);
+                self.positions
+                    .push((m.topic().to_owned(), m.partition(), m.offset()));
+            }
             Err(error) => {
                 tracing::warn!(
                     topic = m.topic(), partition = m.partition(), offset = m.offset(), %error,
@@ -222,6 +228,43 @@ impl Batch {
         }
         Ok(tpl)
     }
+}
+
+/// Whether MySQL refused the statement itself (as opposed to being unreachable).
+fn is_rejection(e: &HistoryError) -> bool {
+    matches!(e, HistoryError::Database(sqlx::Error::Database(_)))
+}
+
+/// After repeated rejections of a whole batch: tries each event alone (rolled back), and
+/// turns the ones MySQL refuses into dead letters, so one poison event cannot stall the
+/// partition. Connection errors still propagate (and are retried by the caller).
+async fn isolate_rejected(pool: &MySqlPool, batch: &mut Batch) -> Result<()> {
+    let events = std::mem::take(&mut batch.events);
+    let positions = std::mem::take(&mut batch.positions);
+    for (ev, (topic, partition, offset)) in events.into_iter().zip(positions) {
+        let mut tx = pool.begin().await?;
+        let res = upsert_events(&mut tx, std::slice::from_ref(&ev)).await;
+        tx.rollback().await?;
+        match res {
+            Ok(_) => {
+                batch.events.push(ev);
+                batch.positions.push((topic, partition, offset));
+            }
+            Err(e) if is_rejection(&e) => {
+                tracing::error!(%topic, partition, offset, error = %e, "MySQL refuses this event; dead-lettering it");
+                batch.dead.push(DeadLetter {
+                    topic,
+                    partition,
+                    offset,
+                    key: Some(ev.event.user_id.into_bytes()),
+                    payload: Some(ev.raw.into_bytes()),
+                    error: format!("rejected by MySQL: {e}"),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes a batch in one transaction; returns the number of new rows.
@@ -262,13 +305,17 @@ pub async fn run(
             m = consumer.recv() => m,
         };
         let mut batch = Batch::default();
-        match first {
-            Ok(m) => batch.push(&m),
-            Err(e) => {
-                tracing::warn!(error = %e, "kafka consumer error");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+        let consumer_error = match first {
+            Ok(m) => {
+                batch.push(&m);
+                None
             }
+            Err(e) => Some(e),
+        };
+        if let Some(e) = consumer_error {
+            tracing::warn!(error = %e, "kafka consumer error");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
         }
         let deadline = tokio::time::Instant::now() + cfg.batch_linger;
         while batch.messages < cfg.batch_size {
@@ -288,11 +335,21 @@ pub async fn run(
         // Store the batch, retrying until MySQL takes it.
         let mut delay = cfg.retry_initial;
         let mut attempt = 0u32;
+        let mut rejections = 0u32;
         let inserted = loop {
             attempt += 1;
+            if rejections >= 3 {
+                rejections = 0;
+                if let Err(e) = isolate_rejected(&pool, &mut batch).await {
+                    tracing::warn!(error = %e, "could not isolate rejected events");
+                }
+            }
             match write_batch(&pool, &batch).await {
                 Ok(n) => break n,
                 Err(e) => {
+                    if is_rejection(&e) {
+                        rejections += 1;
+                    }
                     stats.db_retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, attempt, retry_in = ?delay, "MySQL write failed; retrying");
                     tokio::select! {

@@ -84,13 +84,16 @@ async fn insert_event(pool: &SqlitePool, ev: &HistoryEvent, raw: &str) -> Result
     Ok(res.rows_affected())
 }
 
+fn decode_row(r: &sqlx::sqlite::SqliteRow) -> Result<HistoryEvent> {
+    HistoryEvent::from_json(r.try_get::<&str, _>(0)?.as_bytes())
+}
+
 async fn select_event(pool: &SqlitePool, event_id: Uuid) -> Result<Option<HistoryEvent>> {
     let row = sqlx::query("SELECT raw_json FROM history_events WHERE event_id = ?")
         .bind(event_id.hyphenated().to_string())
         .fetch_optional(pool)
         .await?;
-    row.map(|r| HistoryEvent::from_json(r.get::<&str, _>(0).as_bytes()))
-        .transpose()
+    row.map(|r| decode_row(&r)).transpose()
 }
 
 async fn select_page(pool: &SqlitePool, q: &HistoryQuery) -> Result<Vec<HistoryEvent>> {
@@ -125,9 +128,7 @@ async fn select_page(pool: &SqlitePool, q: &HistoryQuery) -> Result<Vec<HistoryE
     qb.push(" ORDER BY occurred_at DESC, event_id DESC LIMIT ")
         .push_bind(i64::from(q.effective_limit()));
     let rows = qb.build().fetch_all(pool).await?;
-    rows.iter()
-        .map(|r| HistoryEvent::from_json(r.get::<&str, _>(0).as_bytes()))
-        .collect()
+    rows.iter().map(decode_row).collect()
 }
 
 #[async_trait]

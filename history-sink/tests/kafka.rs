@@ -122,7 +122,7 @@ async fn end_to_end_with_dead_letters() {
     let mut bad_invalid = event(0);
     bad_invalid.user_id = String::new();
     let bad_invalid = serde_json::to_vec(&bad_invalid).unwrap();
-    for payload in [&b"not json at all"[..], &bad_invalid] {
+    for payload in [&b"not json at all"[..], bad_invalid.as_slice()] {
         raw.send(
             FutureRecord::to(TOPIC).key("user-0").payload(payload),
             Timeout::After(Duration::from_secs(5)),

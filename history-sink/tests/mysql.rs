@@ -40,7 +40,7 @@ async fn record_is_idempotent_and_typed() {
     // One column per field, with proper types.
     let row: (String, String, i64, f64, String, Option<String>) = sqlx::query_as(
         "SELECT CAST(kind AS CHAR), DATE_FORMAT(occurred_at, '%Y-%m-%d %H:%i:%s.%f'), \
-         CAST(width AS SIGNED), hole_ratio, CAST(status AS CHAR), error_message \
+         CAST(width AS SIGNED), hole_ratio, CAST(status AS CHAR), CAST(error_message AS CHAR) \
          FROM history_events WHERE event_id = ?",
     )
     .bind(ev.event_id.as_bytes().to_vec())

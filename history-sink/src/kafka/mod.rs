@@ -131,9 +131,8 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result
             Ok(_) => tracing::info!(topic, partitions, "created topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, code)) => {
-                return Err(KafkaError::AdminOp(code).into()).inspect_err(
-                    |e: &HistoryError| tracing::warn!(topic = %t, error = %e, "create topic failed"),
-                )
+                tracing::warn!(topic = %t, %code, "create topic failed");
+                return Err(KafkaError::AdminOp(code).into());
             }
         }
     }
@@ -382,7 +381,10 @@ async fn drain_once(inner: &Arc<Inner>) -> Result<bool> {
     // refuses for good are settled too: they move to `spool.rejected` for an operator.
     let ok = results
         .iter()
-        .take_while(|r| r.as_ref().map_or_else(is_permanent, |_| true))
+        .take_while(|r| match r {
+            Ok(_) => true,
+            Err(e) => is_permanent(e),
+        })
         .count();
     let all = ok == records.len();
     if let Some(Err(e)) = results.get(ok) {
