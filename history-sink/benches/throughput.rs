@@ -28,8 +28,14 @@ fn events(n: usize) -> Vec<HistoryEvent> {
             HistoryEvent::inpaint(format!("user-{}", i % 101))
                 .with_images(
                     Some(format!("file:///var/lib/partialconv/images/{i:064x}.png")),
-                    Some(format!("file:///var/lib/partialconv/images/{:064x}.png", i + 1)),
-                    Some(format!("file:///var/lib/partialconv/images/{:064x}.png", i + 2)),
+                    Some(format!(
+                        "file:///var/lib/partialconv/images/{:064x}.png",
+                        i + 1
+                    )),
+                    Some(format!(
+                        "file:///var/lib/partialconv/images/{:064x}.png",
+                        i + 2
+                    )),
                 )
                 .with_dimensions(512, 512)
                 .with_hole_ratio(0.2)
@@ -54,7 +60,11 @@ async fn produce(sink: &Arc<KafkaSink>, evs: Vec<HistoryEvent>) -> Duration {
 
 async fn wait_rows(db: &TestDb, n: i64) {
     let got = db
-        .wait_count("SELECT COUNT(*) FROM history_events", n, Duration::from_secs(600))
+        .wait_count(
+            "SELECT COUNT(*) FROM history_events",
+            n,
+            Duration::from_secs(600),
+        )
         .await;
     assert_eq!(got, n, "rows");
 }
@@ -63,7 +73,10 @@ fn service(
     brokers: &str,
     db: &TestDb,
     group: &str,
-) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let cfg = ServiceConfig::new(brokers, "image-history", group, db.url());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let h = tokio::spawn(async move {

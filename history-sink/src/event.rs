@@ -51,7 +51,9 @@ impl std::str::FromStr for EventKind {
             "inpaint" => Ok(Self::Inpaint),
             "finetune" => Ok(Self::Finetune),
             "upload" => Ok(Self::Upload),
-            other => Err(HistoryError::InvalidEvent(format!("unknown kind {other:?}"))),
+            other => Err(HistoryError::InvalidEvent(format!(
+                "unknown kind {other:?}"
+            ))),
         }
     }
 }

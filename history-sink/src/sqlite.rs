@@ -40,7 +40,10 @@ impl SqliteSink {
         let mut pool = SqlitePoolOptions::new().max_connections(if in_memory { 1 } else { 4 });
         if in_memory {
             // An in-memory database lives only as long as a connection does.
-            pool = pool.min_connections(1).idle_timeout(None).max_lifetime(None);
+            pool = pool
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
         }
         let pool = pool.connect_with(opts).await?;
         Self::from_pool(pool).await
@@ -107,7 +110,8 @@ async fn select_page(pool: &SqlitePool, q: &HistoryQuery) -> Result<Vec<HistoryE
             .push_bind(since.timestamp_millis());
     }
     if let Some(until) = q.until {
-        qb.push(" AND occurred_at < ").push_bind(until.timestamp_millis());
+        qb.push(" AND occurred_at < ")
+            .push_bind(until.timestamp_millis());
     }
     if let Some(kind) = q.kind {
         qb.push(" AND kind = ").push_bind(kind.as_str());

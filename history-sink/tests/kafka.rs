@@ -142,15 +142,24 @@ async fn end_to_end_with_dead_letters() {
     let svc = Service::start(&tansu.brokers(), &db.url());
     assert_rows(&db, &ids, Duration::from_secs(60)).await;
     assert_eq!(
-        db.wait_count("SELECT COUNT(*) FROM history_dead_letters", 2, Duration::from_secs(10))
-            .await,
+        db.wait_count(
+            "SELECT COUNT(*) FROM history_dead_letters",
+            2,
+            Duration::from_secs(10)
+        )
+        .await,
         2
     );
     let rows: Vec<(String, i32, i64, Vec<u8>, String)> = sqlx::query_as(
         "SELECT topic, kafka_partition, kafka_offset, raw_payload, error \
          FROM history_dead_letters ORDER BY kafka_offset",
     )
-    .fetch_all(history_sink::MySqlSink::connect(&db.url()).await.unwrap().pool())
+    .fetch_all(
+        history_sink::MySqlSink::connect(&db.url())
+            .await
+            .unwrap()
+            .pool(),
+    )
     .await
     .unwrap();
     assert_eq!(rows[0].0, TOPIC);
@@ -228,7 +237,10 @@ async fn broker_outage_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    assert!(spooled, "events went to the spool while the broker was down");
+    assert!(
+        spooled,
+        "events went to the spool while the broker was down"
+    );
     tokio::time::timeout(Duration::from_secs(60), sink.flush())
         .await
         .expect("spool drained within 60 s")
@@ -321,7 +333,12 @@ async fn producer_crash_replays_spool() {
         acked.len()
     );
     let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT event_id FROM history_events")
-        .fetch_all(history_sink::MySqlSink::connect(&db.url()).await.unwrap().pool())
+        .fetch_all(
+            history_sink::MySqlSink::connect(&db.url())
+                .await
+                .unwrap()
+                .pool(),
+        )
         .await
         .unwrap();
     let rows: HashSet<uuid::Uuid> = rows
@@ -365,8 +382,12 @@ async fn mysql_outage_is_retried() {
         sink.record(&ev).await.unwrap();
     }
     assert_eq!(
-        db.wait_count("SELECT COUNT(*) FROM history_events", 300, Duration::from_secs(60))
-            .await,
+        db.wait_count(
+            "SELECT COUNT(*) FROM history_events",
+            300,
+            Duration::from_secs(60)
+        )
+        .await,
         300
     );
     proxy.cut().await;
@@ -383,7 +404,11 @@ async fn mysql_outage_is_retried() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(db.event_count().await, 300, "nothing written through a cut proxy");
+    assert_eq!(
+        db.event_count().await,
+        300,
+        "nothing written through a cut proxy"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.restore().await;
     assert_rows(&db, &ids, Duration::from_secs(60)).await;

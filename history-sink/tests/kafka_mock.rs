@@ -79,7 +79,11 @@ async fn unreachable_broker_at_start_spools_immediately_after_first_timeout() {
         sink.record(&HistoryEvent::upload("u")).await.unwrap();
     }
     assert!(sink.is_spooling());
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(matches!(
         sink.flush_timeout(Duration::from_millis(200)).await,
         Err(history_sink::HistoryError::FlushTimeout(_))

@@ -50,7 +50,9 @@ async fn record_is_idempotent_and_typed() {
     assert_eq!(row.0, "inpaint");
     assert_eq!(
         row.1,
-        ev.occurred_at.format("%Y-%m-%d %H:%M:%S%.3f000").to_string()
+        ev.occurred_at
+            .format("%Y-%m-%d %H:%M:%S%.3f000")
+            .to_string()
     );
     assert_eq!(row.2, 640);
     assert_eq!(row.3, 0.3);
@@ -132,7 +134,9 @@ async fn fanout_to_sqlite_and_mysql() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let sqlite = format!("sqlite:{}", dir.path().join("h.db").display());
-    let sink = sink_from_url(&format!("{sqlite}|{}", db.url())).await.unwrap();
+    let sink = sink_from_url(&format!("{sqlite}|{}", db.url()))
+        .await
+        .unwrap();
     let ev = HistoryEvent::upload("carol");
     sink.record(&ev).await.unwrap();
     assert_eq!(db.event_count().await, 1);

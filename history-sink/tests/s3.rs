@@ -62,7 +62,10 @@ async fn endpoint() -> (String, Moto) {
         .unwrap();
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(30), "moto_server did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "moto_server did not start"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     (format!("http://127.0.0.1:{port}"), Moto(Some(child)))

@@ -15,7 +15,10 @@ use clap::Parser;
 use history_sink::service::{run, ServiceConfig, ServiceStats};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Consumes partialconv history events from Kafka into MySQL")]
+#[command(
+    version,
+    about = "Consumes partialconv history events from Kafka into MySQL"
+)]
 struct Args {
     /// Kafka bootstrap servers, `host:port[,host:port…]`.
     #[arg(long, env = "HISTORY_BROKERS", default_value = "127.0.0.1:9092")]
@@ -67,8 +70,7 @@ async fn shutdown_signal() {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();

@@ -217,7 +217,9 @@ impl KafkaSink {
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, topic = %cfg.topic, "could not ensure the topic exists")
             }
-            Err(_) => tracing::warn!(topic = %cfg.topic, "broker did not answer CreateTopics in time"),
+            Err(_) => {
+                tracing::warn!(topic = %cfg.topic, "broker did not answer CreateTopics in time")
+            }
         }
         let (append_tx, append_rx) = mpsc::channel(16_384);
         let inner = Arc::new(Inner {
@@ -403,7 +405,10 @@ async fn drain_once(inner: &Arc<Inner>) -> Result<bool> {
         tokio::task::spawn_blocking(move || {
             let mut s = spool.lock().expect("spool lock poisoned");
             if !rejected.is_empty() {
-                tracing::error!(events = rejected.len(), "broker refused spooled events for good; see {REJECTED}");
+                tracing::error!(
+                    events = rejected.len(),
+                    "broker refused spooled events for good; see {REJECTED}"
+                );
                 let path = s.dir().join(REJECTED);
                 let mut f = std::fs::OpenOptions::new()
                     .create(true)
@@ -480,7 +485,13 @@ mod tests {
         assert_eq!(c.message_timeout, Duration::from_millis(250));
         let c = KafkaSinkConfig::from_url("kafka://a:1").unwrap();
         assert_eq!(c.topic, DEFAULT_TOPIC);
-        for bad in ["kafka://", "kafka:///t", "kafka://a/b/c", "kafka://a/t?x=1", "http://a"] {
+        for bad in [
+            "kafka://",
+            "kafka:///t",
+            "kafka://a/b/c",
+            "kafka://a/t?x=1",
+            "http://a",
+        ] {
             assert!(KafkaSinkConfig::from_url(bad).is_err(), "{bad}");
         }
     }

@@ -68,10 +68,13 @@ impl Spool {
         }
         let cursor_path = dir.join(CURSOR);
         let mut cursor = match std::fs::read_to_string(&cursor_path) {
-            Ok(s) => s.trim().parse::<u64>().map_err(|e| HistoryError::SpoolCorrupt {
-                path: cursor_path.clone(),
-                reason: format!("bad cursor {s:?}: {e}"),
-            })?,
+            Ok(s) => s
+                .trim()
+                .parse::<u64>()
+                .map_err(|e| HistoryError::SpoolCorrupt {
+                    path: cursor_path.clone(),
+                    reason: format!("bad cursor {s:?}: {e}"),
+                })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(HistoryError::io(&cursor_path, e)),
         };

@@ -84,10 +84,7 @@ impl TestDb {
 
     pub async fn count(&self, sql: &str) -> i64 {
         let mut conn = MySqlConnection::connect(&self.url()).await.unwrap();
-        let n: i64 = sqlx::query_scalar(sql)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
         conn.close().await.unwrap();
         n
     }
@@ -127,8 +124,8 @@ impl Drop for TestDb {
             rt.block_on(async {
                 if let Ok(mut c) = MySqlConnection::connect(&base).await {
                     let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS `{name}`"))
-                    .execute(&mut c)
-                    .await;
+                        .execute(&mut c)
+                        .await;
                 }
             })
         })
@@ -214,7 +211,13 @@ impl Tansu {
             .open(self.dir.path().join("tansu.log"))
             .unwrap();
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", engine])
             .args(tansu_extra_args())
             .current_dir(self.dir.path())
