@@ -5,6 +5,12 @@ fn main() {
         // Canonical, so the rpath survives the `.libtorch` link being re-pointed or absent.
         let lib = std::fs::canonicalize(&lib).unwrap_or_else(|_| lib.into());
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+        // Nothing references libtorch_cuda's symbols directly (CUDA kernels register
+        // themselves when it loads), so `--as-needed` would drop it and `--device cuda`
+        // would find no GPU.
+        if lib.join("libtorch_cuda.so").exists() {
+            println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+        }
     }
     println!("cargo::rustc-check-cfg=cfg(bundled_model)");
     let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");

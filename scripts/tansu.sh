@@ -38,7 +38,6 @@ start() {
     (cd "$dir" && nohup "$TANSU_BIN" broker \
         --listener-url "tcp://127.0.0.1:$port" \
         --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --prometheus-listener-url "tcp://127.0.0.1:$((port + 1000))" \
         --storage-engine "$storage" >"$dir/tansu.log" 2>&1 &
         echo $! >"$dir/pid")
     for _ in $(seq 100); do

@@ -18,7 +18,9 @@ fn masks(c: &mut Criterion) {
     }
     group.finish();
     let mask = g.generate(4000, 3000, (0.01, 0.1), 3);
-    c.bench_function("auto_plan_12mp", |b| b.iter(|| choose(4000, 3000, &mask.component_boxes(), 512)));
+    c.bench_function("auto_plan_12mp", |b| {
+        b.iter(|| choose(4000, 3000, &mask.component_boxes(), 512))
+    });
 }
 
 criterion_group!(benches, masks);

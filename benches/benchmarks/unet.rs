@@ -16,7 +16,9 @@ fn forward(c: &mut Criterion) {
     let model = Model::new(ModelMeta::new(PConvUNetConfig::default()), Device::Cpu).unwrap();
     let (x, valid) = sample_input(512, 1, Device::Cpu, Kind::Float);
     let mut group = c.benchmark_group("unet_512_seed");
-    group.sample_size(10).measurement_time(std::time::Duration::from_secs(30));
+    group
+        .sample_size(10)
+        .measurement_time(std::time::Duration::from_secs(30));
     group.throughput(Throughput::Elements(1));
     for path in ["grouped", "per_channel"] {
         group.bench_with_input(BenchmarkId::from_parameter(path), &path, |b, &path| {

@@ -12,13 +12,22 @@ use crate::layer::Mask;
 pub fn sample_input(size: i64, batch: i64, device: Device, kind: Kind) -> (Tensor, Tensor) {
     let x = Tensor::randn([batch, 3, size, size], (kind, device));
     let valid = Tensor::ones([batch, 1, size, size], (kind, device));
-    let _ = valid.narrow(2, size / 4, size / 2).narrow(3, size / 4, size / 2).fill_(0.0);
+    let _ = valid
+        .narrow(2, size / 4, size / 2)
+        .narrow(3, size / 4, size / 2)
+        .fill_(0.0);
     (x, valid)
 }
 
 /// Median wall time of `iters` inference forwards (after one warm-up), in milliseconds.
 /// `half` converts the model to fp16 in place first (a CUDA feature: CPU fp16 conv is slow).
-pub fn median_forward_ms(model: &mut Model, size: i64, batch: i64, iters: usize, half: bool) -> Result<f64> {
+pub fn median_forward_ms(
+    model: &mut Model,
+    size: i64,
+    batch: i64,
+    iters: usize,
+    half: bool,
+) -> Result<f64> {
     let device = model.vs.device();
     let kind = if half { Kind::Half } else { Kind::Float };
     if half {
@@ -30,7 +39,11 @@ pub fn median_forward_ms(model: &mut Model, size: i64, batch: i64, iters: usize,
     for i in 0..=iters {
         let start = Instant::now();
         tch::no_grad(|| {
-            let _ = model.net.forward_t(&(&x * &valid), &Mask::shared(valid.shallow_clone(), channels), false);
+            let _ = model.net.forward_t(
+                &(&x * &valid),
+                &Mask::shared(valid.shallow_clone(), channels),
+                false,
+            );
         });
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);

@@ -9,19 +9,35 @@ use crate::checkpoint::torch_pickle::PthError;
 pub enum Error {
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     /// A file (or upload) is not a decodable image, or is truncated.
     #[error("{what}: not a readable image ({source})")]
-    Image { what: String, source: image::ImageError },
+    Image {
+        what: String,
+        source: image::ImageError,
+    },
 
     /// An image is larger than the caller allows; checked from the header, before decoding.
     #[error("{what}: {width}×{height} exceeds the limit of {limit} pixels")]
-    TooLarge { what: String, width: u32, height: u32, limit: u64 },
+    TooLarge {
+        what: String,
+        width: u32,
+        height: u32,
+        limit: u64,
+    },
 
     /// Image and mask sizes differ.
     #[error("mask is {mask_w}×{mask_h} but the image is {image_w}×{image_h} (use --resize-mask to scale it)")]
-    MaskSize { image_w: u32, image_h: u32, mask_w: u32, mask_h: u32 },
+    MaskSize {
+        image_w: u32,
+        image_h: u32,
+        mask_w: u32,
+        mask_h: u32,
+    },
 
     /// A model file is not a valid partialconv checkpoint.
     #[error("{what}: {reason}")]
@@ -33,7 +49,12 @@ pub enum Error {
 
     /// A tensor has the wrong shape for the architecture in the checkpoint's metadata.
     #[error("{what}: tensor `{name}` has shape {found:?}, the architecture needs {expected:?}")]
-    ShapeMismatch { what: String, name: String, expected: Vec<i64>, found: Vec<i64> },
+    ShapeMismatch {
+        what: String,
+        name: String,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
 
     /// A PyTorch checkpoint could not be imported.
     #[error("{}: {source}", path.display())]
@@ -66,7 +87,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// Whether the error is the caller's fault (bad input) rather than ours.

@@ -65,7 +65,9 @@ pub fn evaluate_pairs(
 ) -> Result<ValReport> {
     let mut sums = vec![BucketMetrics::default(); RATIO_BUCKETS.len()];
     for &(gt, mask) in pairs {
-        let Some(b) = bucket_of(mask.hole_ratio()) else { continue };
+        let Some(b) = metrics::bucket_of(mask.hole_ratio()) else {
+            continue;
+        };
         let out = composite(gt, &fill(gt, mask)?, mask);
         sums[b].psnr += metrics::psnr(gt, &out).min(100.0);
         sums[b].ssim += metrics::ssim(gt, &out);
@@ -76,12 +78,10 @@ pub fn evaluate_pairs(
         let n = s.count.max(1) as f64;
         (s.psnr, s.ssim, s.l1) = (s.psnr / n, s.ssim / n, s.l1 / n);
     }
-    Ok(ValReport { step: 0, buckets: sums })
-}
-
-/// Index into [`RATIO_BUCKETS`] of a hole ratio, if it falls in one.
-pub fn bucket_of(ratio: f64) -> Option<usize> {
-    RATIO_BUCKETS.iter().position(|&(lo, hi)| ratio > lo && ratio <= hi)
+    Ok(ValReport {
+        step: 0,
+        buckets: sums,
+    })
 }
 
 /// The protocol's pairs for `size²` crops: every photo with each of its [`eval_masks`].
@@ -97,15 +97,22 @@ pub fn evaluate_model(model: &Model, photos: &[RgbImage], size: u32) -> Result<V
         let gts: Vec<&RgbImage> = ms.iter().map(|_| gt).collect();
         filled.extend(model.fill_native(&gts, &ms.iter().collect::<Vec<_>>())?);
     }
-    let pairs: Vec<(&RgbImage, &HoleMask)> =
-        photos.iter().zip(&masks).flat_map(|(gt, ms)| ms.iter().map(move |m| (gt, m))).collect();
+    let pairs: Vec<(&RgbImage, &HoleMask)> = photos
+        .iter()
+        .zip(&masks)
+        .flat_map(|(gt, ms)| ms.iter().map(move |m| (gt, m)))
+        .collect();
     let mut outputs = filled.into_iter();
-    evaluate_pairs(&pairs, |_, _| Ok(outputs.next().expect("one output per pair")))
+    evaluate_pairs(&pairs, |_, _| {
+        Ok(outputs.next().expect("one output per pair"))
+    })
 }
 
 /// Telea on the same pairs.
 pub fn evaluate_telea(pairs: &[(&RgbImage, &HoleMask)]) -> Result<ValReport> {
-    evaluate_pairs(pairs, |gt, mask| Ok(telea::inpaint_telea(gt, &mask.to_gray(), TELEA_RADIUS)))
+    evaluate_pairs(pairs, |gt, mask| {
+        Ok(telea::inpaint_telea(gt, &mask.to_gray(), TELEA_RADIUS))
+    })
 }
 
 /// A plain-text table of two reports side by side.

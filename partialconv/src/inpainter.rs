@@ -73,7 +73,13 @@ pub fn working_side(model_train_size: Option<u32>) -> u32 {
 pub fn crop_regions(width: u32, height: u32, hole_boxes: &[Rect]) -> Vec<Rect> {
     let grown = hole_boxes
         .iter()
-        .map(|b| b.expand(MIN_CROP_MARGIN.max(b.width().max(b.height()) / 2), width, height))
+        .map(|b| {
+            b.expand(
+                MIN_CROP_MARGIN.max(b.width().max(b.height()) / 2),
+                width,
+                height,
+            )
+        })
         .collect();
     merge_overlapping(grown)
 }
@@ -88,12 +94,17 @@ pub fn choose(width: u32, height: u32, hole_boxes: &[Rect], working_side: u32) -
     let regions = crop_regions(width, height, hole_boxes);
     let covered: u64 = regions.iter().map(Rect::area).sum();
     let fits = |r: &Rect| r.width().max(r.height()) <= working_side;
-    if !regions.is_empty() && covered * 2 <= width as u64 * height as u64 && regions.iter().all(fits) {
+    if !regions.is_empty()
+        && covered * 2 <= width as u64 * height as u64
+        && regions.iter().all(fits)
+    {
         Strategy::Crop
     } else if width.max(height) <= working_side {
         Strategy::Original
     } else {
-        Strategy::Resize { long_side: working_side }
+        Strategy::Resize {
+            long_side: working_side,
+        }
     }
 }
 
@@ -101,11 +112,17 @@ pub fn choose(width: u32, height: u32, hole_boxes: &[Rect], working_side: u32) -
 pub fn parse_device(s: &str) -> Result<Device> {
     let cuda = |i: usize| {
         if !tch::Cuda::is_available() {
-            return Err(Error::Device(s.into(), "CUDA is not available on this machine".into()));
+            return Err(Error::Device(
+                s.into(),
+                "CUDA is not available on this machine".into(),
+            ));
         }
         let n = tch::Cuda::device_count() as usize;
         if i >= n {
-            return Err(Error::Device(s.into(), format!("only {n} CUDA device(s) present")));
+            return Err(Error::Device(
+                s.into(),
+                format!("only {n} CUDA device(s) present"),
+            ));
         }
         Ok(Device::Cuda(i))
     };
@@ -114,7 +131,10 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cuda" => cuda(0),
         _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => cuda(i),
-            _ => Err(Error::Device(s.into(), "expected cpu, cuda or cuda:N".into())),
+            _ => Err(Error::Device(
+                s.into(),
+                "expected cpu, cuda or cuda:N".into(),
+            )),
         },
     }
 }
@@ -123,7 +143,10 @@ pub fn parse_device(s: &str) -> Result<Device> {
 pub fn bundled_model() -> Option<&'static [u8]> {
     #[cfg(all(feature = "bundled-model", bundled_model))]
     {
-        Some(include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default.safetensors")))
+        Some(include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../models/default.safetensors"
+        )))
     }
     #[cfg(not(all(feature = "bundled-model", bundled_model)))]
     {
@@ -168,17 +191,31 @@ impl Inpainter {
     }
 
     /// What `auto` resolves to for this image and mask.
-    pub fn resolve(&self, strategy: Strategy, width: u32, height: u32, mask: &HoleMask) -> Strategy {
+    pub fn resolve(
+        &self,
+        strategy: Strategy,
+        width: u32,
+        height: u32,
+        mask: &HoleMask,
+    ) -> Strategy {
         match strategy {
-            Strategy::Auto => {
-                choose(width, height, &mask.component_boxes(), working_side(self.model.meta.train_size))
-            }
+            Strategy::Auto => choose(
+                width,
+                height,
+                &mask.component_boxes(),
+                working_side(self.model.meta.train_size),
+            ),
             s => s,
         }
     }
 
     /// Fills the holes of `image`. Alpha is kept; 16-bit images come back as 8-bit.
-    pub fn predict(&self, image: &DynamicImage, mask: &HoleMask, strategy: Strategy) -> Result<DynamicImage> {
+    pub fn predict(
+        &self,
+        image: &DynamicImage,
+        mask: &HoleMask,
+        strategy: Strategy,
+    ) -> Result<DynamicImage> {
         let (w, h) = image.dimensions();
         check_mask_size(w, h, mask)?;
         if mask.is_empty() {
@@ -194,7 +231,11 @@ impl Inpainter {
     }
 
     /// Predicts many images; same-size items under `original` share one forward pass.
-    pub fn predict_batch(&self, items: &[(DynamicImage, HoleMask)], strategy: Strategy) -> Result<Vec<DynamicImage>> {
+    pub fn predict_batch(
+        &self,
+        items: &[(DynamicImage, HoleMask)],
+        strategy: Strategy,
+    ) -> Result<Vec<DynamicImage>> {
         let mut out: Vec<Option<DynamicImage>> = vec![None; items.len()];
         let mut native: Vec<usize> = Vec::new();
         for (i, (img, mask)) in items.iter().enumerate() {
@@ -216,7 +257,10 @@ impl Inpainter {
                 out[i] = Some(finish(&items[i].0, composite(rgb, &f, &items[i].1)));
             }
         }
-        Ok(out.into_iter().map(|o| o.expect("every item predicted")).collect())
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every item predicted"))
+            .collect())
     }
 
     /// The network's raw prediction for same-size images at native resolution (no composite).
@@ -230,11 +274,19 @@ impl Inpainter {
             return Ok(self.fill_native(&[rgb], &[mask])?.remove(0));
         }
         let scale = long_side as f64 / w.max(h) as f64;
-        let (sw, sh) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+        let (sw, sh) = (
+            ((w as f64 * scale).round() as u32).max(1),
+            ((h as f64 * scale).round() as u32).max(1),
+        );
         let small = imageops::resize(rgb, sw, sh, imageops::FilterType::Lanczos3);
         let small_mask = mask.resize_conservative(sw, sh);
         let filled = self.fill_native(&[&small], &[&small_mask])?.remove(0);
-        Ok(imageops::resize(&filled, w, h, imageops::FilterType::CatmullRom))
+        Ok(imageops::resize(
+            &filled,
+            w,
+            h,
+            imageops::FilterType::CatmullRom,
+        ))
     }
 
     fn fill_crops(&self, rgb: &RgbImage, mask: &HoleMask) -> Result<RgbImage> {
@@ -255,7 +307,12 @@ impl Inpainter {
 fn check_mask_size(w: u32, h: u32, mask: &HoleMask) -> Result<()> {
     if mask.dimensions() != (w, h) {
         let (mask_w, mask_h) = mask.dimensions();
-        return Err(Error::MaskSize { image_w: w, image_h: h, mask_w, mask_h });
+        return Err(Error::MaskSize {
+            image_w: w,
+            image_h: h,
+            mask_w,
+            mask_h,
+        });
     }
     Ok(())
 }
@@ -287,12 +344,20 @@ fn finish(input: &DynamicImage, rgb: RgbImage) -> DynamicImage {
 /// `3×H×W` floats in `[0, 1]`.
 pub fn image_to_tensor(img: &RgbImage) -> Tensor {
     let (w, h) = img.dimensions();
-    Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]).permute([2, 0, 1]).to_kind(Kind::Float) / 255.0
+    Tensor::from_slice(img.as_raw())
+        .view([h as i64, w as i64, 3])
+        .permute([2, 0, 1])
+        .to_kind(Kind::Float)
+        / 255.0
 }
 
 /// `1×H×W`, 1 where valid.
 pub fn valid_tensor(mask: &HoleMask) -> Tensor {
-    let valid: Vec<f32> = mask.as_slice().iter().map(|&hole| if hole { 0.0 } else { 1.0 }).collect();
+    let valid: Vec<f32> = mask
+        .as_slice()
+        .iter()
+        .map(|&hole| if hole { 0.0 } else { 1.0 })
+        .collect();
     Tensor::from_slice(&valid).view([1, mask.height() as i64, mask.width() as i64])
 }
 
@@ -307,8 +372,12 @@ fn tensor_to_image(t: &Tensor) -> Result<RgbImage> {
 }
 
 fn channel_stats(norm: &Normalization, device: Device) -> (Tensor, Tensor) {
-    let mean = Tensor::from_slice(&norm.mean).view([1, 3, 1, 1]).to_device(device);
-    let std = Tensor::from_slice(&norm.std).view([1, 3, 1, 1]).to_device(device);
+    let mean = Tensor::from_slice(&norm.mean)
+        .view([1, 3, 1, 1])
+        .to_device(device);
+    let std = Tensor::from_slice(&norm.std)
+        .view([1, 3, 1, 1])
+        .to_device(device);
     (mean, std)
 }
 
@@ -351,18 +420,41 @@ impl Model {
         let (w, h) = images[0].dimensions();
         let device = self.vs.device();
         let norm = &self.meta.normalization;
-        let x = Tensor::stack(&images.iter().map(|im| image_to_tensor(im)).collect::<Vec<_>>(), 0).to_device(device);
-        let valid = Tensor::stack(&masks.iter().map(|m| valid_tensor(m)).collect::<Vec<_>>(), 0).to_device(device);
+        let x = Tensor::stack(
+            &images
+                .iter()
+                .map(|im| image_to_tensor(im))
+                .collect::<Vec<_>>(),
+            0,
+        )
+        .to_device(device);
+        let valid = Tensor::stack(
+            &masks.iter().map(|m| valid_tensor(m)).collect::<Vec<_>>(),
+            0,
+        )
+        .to_device(device);
         let x = normalize(&x, norm);
         let multiple = self.net.config().multiple();
-        let (x, valid) = (pad_to_multiple(&x, multiple), pad_to_multiple(&valid, multiple));
+        let (x, valid) = (
+            pad_to_multiple(&x, multiple),
+            pad_to_multiple(&valid, multiple),
+        );
         let channels = self.net.config().input_channels;
         let y = tch::no_grad(|| {
-            let (y, _) = self.net.forward_t(&(&x * &valid), &Mask::shared(valid, channels), false);
+            let (y, _) = self
+                .net
+                .forward_t(&(&x * &valid), &Mask::shared(valid, channels), false);
             y
         });
-        let y = denormalize(&y, norm).narrow(2, 0, h as i64).narrow(3, 0, w as i64);
-        let y = (y.clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8).to_device(Device::Cpu);
-        (0..images.len() as i64).map(|i| tensor_to_image(&y.get(i))).collect()
+        let y = denormalize(&y, norm)
+            .narrow(2, 0, h as i64)
+            .narrow(3, 0, w as i64);
+        let y = (y.clamp(0.0, 1.0) * 255.0)
+            .round()
+            .to_kind(Kind::Uint8)
+            .to_device(Device::Cpu);
+        (0..images.len() as i64)
+            .map(|i| tensor_to_image(&y.get(i)))
+            .collect()
     }
 }

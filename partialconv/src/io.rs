@@ -13,13 +13,23 @@ use crate::masks::HoleMask;
 /// `max_pixels` pixels (a decompression bomb costs nothing then). `what` names the source in
 /// errors.
 pub fn decode_image(bytes: &[u8], what: &str, max_pixels: Option<u64>) -> Result<DynamicImage> {
-    let img_err = |source| Error::Image { what: what.to_string(), source };
-    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| Error::io(what, e))?;
+    let img_err = |source| Error::Image {
+        what: what.to_string(),
+        source,
+    };
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::io(what, e))?;
     let mut decoder = reader.into_decoder().map_err(img_err)?;
     let (width, height) = decoder.dimensions();
     if let Some(limit) = max_pixels {
         if width as u64 * height as u64 > limit {
-            return Err(Error::TooLarge { what: what.to_string(), width, height, limit });
+            return Err(Error::TooLarge {
+                what: what.to_string(),
+                width,
+                height,
+                limit,
+            });
         }
     }
     let orientation = decoder.orientation().map_err(img_err)?;
@@ -42,11 +52,21 @@ pub fn read_mask(path: &Path) -> Result<HoleMask> {
 /// Encodes as PNG, or JPEG when `path` ends in `.jpg`/`.jpeg` (alpha dropped there).
 pub fn write_image(img: &DynamicImage, path: &Path) -> Result<()> {
     let jpeg = matches!(
-        path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Some("jpg" | "jpeg")
     );
-    let result = if jpeg { DynamicImage::ImageRgb8(img.to_rgb8()).save(path) } else { img.save(path) };
-    result.map_err(|source| Error::Image { what: path.display().to_string(), source })
+    let result = if jpeg {
+        DynamicImage::ImageRgb8(img.to_rgb8()).save(path)
+    } else {
+        img.save(path)
+    };
+    result.map_err(|source| Error::Image {
+        what: path.display().to_string(),
+        source,
+    })
 }
 
 /// The regular files of `dir`, sorted by name.

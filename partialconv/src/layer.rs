@@ -36,13 +36,22 @@ pub struct PartialConvConfig {
 
 impl Default for PartialConvConfig {
     fn default() -> Self {
-        Self { stride: 1, padding: 0, bias: true, convention: Convention::Unscaled, eps: 1e-8 }
+        Self {
+            stride: 1,
+            padding: 0,
+            bias: true,
+            convention: Convention::Unscaled,
+            eps: 1e-8,
+        }
     }
 }
 
 impl PartialConvConfig {
     pub fn no_bias(self) -> Self {
-        Self { bias: false, ..self }
+        Self {
+            bias: false,
+            ..self
+        }
     }
 }
 
@@ -112,7 +121,9 @@ impl Mask {
             m.upsample_nearest2d([s[2] * 2, s[3] * 2], 2.0, 2.0)
         };
         match self {
-            Mask::Grouped(groups) => Mask::Grouped(groups.iter().map(|(m, c)| (up(m), *c)).collect()),
+            Mask::Grouped(groups) => {
+                Mask::Grouped(groups.iter().map(|(m, c)| (up(m), *c)).collect())
+            }
             Mask::PerChannel(m) => Mask::PerChannel(up(m)),
         }
     }
@@ -169,9 +180,23 @@ impl PartialConv2d {
     /// Wraps existing tensors; `weight` is `out×in×k×k`.
     pub fn new(weight: Tensor, bias: Option<Tensor>, config: PartialConvConfig) -> Self {
         let size = weight.size();
-        assert_eq!(size.len(), 4, "partial conv weight must be out×in×k×k, got {size:?}");
-        assert_eq!(size[2], size[3], "only square kernels are supported, got {size:?}");
-        Self { weight, bias, in_channels: size[1], out_channels: size[0], kernel_size: size[2], config }
+        assert_eq!(
+            size.len(),
+            4,
+            "partial conv weight must be out×in×k×k, got {size:?}"
+        );
+        assert_eq!(
+            size[2], size[3],
+            "only square kernels are supported, got {size:?}"
+        );
+        Self {
+            weight,
+            bias,
+            in_channels: size[1],
+            out_channels: size[0],
+            kernel_size: size[2],
+            config,
+        }
     }
 
     pub fn config(&self) -> &PartialConvConfig {
@@ -197,7 +222,11 @@ impl PartialConv2d {
         match mask {
             Mask::Grouped(groups) => {
                 let maps: Vec<&Tensor> = groups.iter().map(|(m, _)| m).collect();
-                let stacked = if maps.len() == 1 { maps[0].shallow_clone() } else { Tensor::cat(&maps, 1) };
+                let stacked = if maps.len() == 1 {
+                    maps[0].shallow_clone()
+                } else {
+                    Tensor::cat(&maps, 1)
+                };
                 let counts: Vec<f32> = groups.iter().map(|(_, c)| *c as f32).collect();
                 let kernel = Tensor::from_slice(&counts)
                     .to_kind(stacked.kind())
@@ -209,7 +238,10 @@ impl PartialConv2d {
             }
             // What the public implementations do: a full out×in×k×k convolution of ones.
             Mask::PerChannel(m) => {
-                let ones = Tensor::ones([self.out_channels, self.in_channels, k, k], (m.kind(), m.device()));
+                let ones = Tensor::ones(
+                    [self.out_channels, self.in_channels, k, k],
+                    (m.kind(), m.device()),
+                );
                 m.conv2d(&ones, None::<Tensor>, [s, s], [p, p], [1, 1], 1)
             }
         }
@@ -218,8 +250,14 @@ impl PartialConv2d {
     /// Returns the features and the updated mask.
     pub fn forward(&self, x: &Tensor, mask: &Mask) -> (Tensor, Mask) {
         let (s, p) = (self.config.stride, self.config.padding);
-        debug_assert_eq!(mask.channels(), self.in_channels, "mask channels must match the input");
-        let raw = mask.apply(x).conv2d(&self.weight, None::<Tensor>, [s, s], [p, p], [1, 1], 1);
+        debug_assert_eq!(
+            mask.channels(),
+            self.in_channels,
+            "mask channels must match the input"
+        );
+        let raw = mask
+            .apply(x)
+            .conv2d(&self.weight, None::<Tensor>, [s, s], [p, p], [1, 1], 1);
         let window_sum = tch::no_grad(|| self.window_sum(mask));
         let bias = self.bias.as_ref().map(|b| b.view([1, -1, 1, 1]));
         let (out, update) = match self.config.convention {

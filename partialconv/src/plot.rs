@@ -19,13 +19,37 @@ const ORANGE: Rgb<u8> = Rgb([255, 127, 14]);
 pub fn loss_and_psnr(history: &[(u64, f64, Option<f64>)], path: &Path) -> Result<()> {
     let (w, h) = (720u32, 480u32);
     let mut img = RgbImage::from_pixel(w, h, WHITE);
-    let losses: Vec<(f64, f64)> =
-        history.iter().filter(|(_, l, _)| l.is_finite() && *l > 0.0).map(|(s, l, _)| (*s as f64, l.log10())).collect();
-    let psnrs: Vec<(f64, f64)> = history.iter().filter_map(|(s, _, p)| p.map(|p| (*s as f64, p))).collect();
-    panel(&mut img, (50, 20, w - 20, h / 2 - 20), &smooth(&losses, 25), BLUE, "LOSS LOG10");
-    panel(&mut img, (50, h / 2 + 20, w - 20, h - 30), &psnrs, ORANGE, "VAL PSNR DB");
+    let losses: Vec<(f64, f64)> = history
+        .iter()
+        .filter(|(_, l, _)| l.is_finite() && *l > 0.0)
+        .map(|(s, l, _)| (*s as f64, l.log10()))
+        .collect();
+    let psnrs: Vec<(f64, f64)> = history
+        .iter()
+        .filter_map(|(s, _, p)| p.map(|p| (*s as f64, p)))
+        .collect();
+    panel(
+        &mut img,
+        (50, 20, w - 20, h / 2 - 20),
+        &smooth(&losses, 25),
+        BLUE,
+        "LOSS LOG10",
+    );
+    panel(
+        &mut img,
+        (50, h / 2 + 20, w - 20, h - 30),
+        &psnrs,
+        ORANGE,
+        "VAL PSNR DB",
+    );
     if let Some(&(last, _, _)) = history.last() {
-        text(&mut img, w - 20 - 4 * 8 * 6, h - 18, &format!("STEP {last}"), BLACK);
+        text(
+            &mut img,
+            w - 20 - 4 * 8 * 6,
+            h - 18,
+            &format!("STEP {last}"),
+            BLACK,
+        );
     }
     save(&img, path)
 }
@@ -36,12 +60,21 @@ fn smooth(points: &[(f64, f64)], k: usize) -> Vec<(f64, f64)> {
         .map(|i| {
             let lo = i.saturating_sub(k - 1);
             let ys = &points[lo..=i];
-            (points[i].0, ys.iter().map(|p| p.1).sum::<f64>() / ys.len() as f64)
+            (
+                points[i].0,
+                ys.iter().map(|p| p.1).sum::<f64>() / ys.len() as f64,
+            )
         })
         .collect()
 }
 
-fn panel(img: &mut RgbImage, (x0, y0, x1, y1): (u32, u32, u32, u32), points: &[(f64, f64)], color: Rgb<u8>, label: &str) {
+fn panel(
+    img: &mut RgbImage,
+    (x0, y0, x1, y1): (u32, u32, u32, u32),
+    points: &[(f64, f64)],
+    color: Rgb<u8>,
+    label: &str,
+) {
     for x in x0..=x1 {
         img.put_pixel(x, y1, BLACK);
     }
@@ -159,18 +192,32 @@ pub fn show_holes(img: &RgbImage, mask: &HoleMask) -> RgbImage {
 
 /// Rows of equally sized images side by side, with a 4-pixel gap.
 pub fn grid<const N: usize>(rows: &[[RgbImage; N]], path: &Path) -> Result<()> {
-    let Some(first) = rows.first() else { return Ok(()) };
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
     let (cw, ch) = first[0].dimensions();
     let gap = 4;
-    let mut img = RgbImage::from_pixel(N as u32 * (cw + gap) - gap, rows.len() as u32 * (ch + gap) - gap, WHITE);
+    let mut img = RgbImage::from_pixel(
+        N as u32 * (cw + gap) - gap,
+        rows.len() as u32 * (ch + gap) - gap,
+        WHITE,
+    );
     for (r, row) in rows.iter().enumerate() {
         for (c, cell) in row.iter().enumerate() {
-            imageops::replace(&mut img, cell, (c as u32 * (cw + gap)) as i64, (r as u32 * (ch + gap)) as i64);
+            imageops::replace(
+                &mut img,
+                cell,
+                (c as u32 * (cw + gap)) as i64,
+                (r as u32 * (ch + gap)) as i64,
+            );
         }
     }
     save(&img, path)
 }
 
 fn save(img: &RgbImage, path: &Path) -> Result<()> {
-    img.save(path).map_err(|source| Error::Image { what: path.display().to_string(), source })
+    img.save(path).map_err(|source| Error::Image {
+        what: path.display().to_string(),
+        source,
+    })
 }

@@ -19,11 +19,11 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{write_atomic, Model, ModelMeta, Storage};
 use crate::error::{Error, Result};
+use crate::eval::{eval_crop, eval_masks, evaluate_model, ValReport};
 use crate::inpainter::{composite, image_to_tensor, normalize, valid_tensor};
 use crate::layer::Mask;
 use crate::loss::{InpaintingLoss, LossWeights};
 use crate::masks::{HoleGenerator, HoleMask, Rng, RATIO_BUCKETS};
-use crate::eval::{eval_crop, eval_masks, evaluate_model, ValReport};
 use crate::unet::PConvUNetConfig;
 use crate::vgg::Vgg19Features;
 
@@ -69,6 +69,9 @@ pub struct TrainConfig {
     pub storage: Storage,
     /// Threads preparing batches.
     pub loader_threads: usize,
+    /// Wall-clock budget: after a few steps the step count is cut to what fits, and stage 2
+    /// moves with it so that it still covers the last quarter.
+    pub time_budget: Option<Duration>,
 }
 
 impl TrainConfig {
@@ -84,7 +87,10 @@ impl TrainConfig {
             run_dir: run_dir.into(),
             out,
             base: None,
-            model: PConvUNetConfig { width: 32, ..Default::default() },
+            model: PConvUNetConfig {
+                width: 32,
+                ..Default::default()
+            },
             steps: 10_000,
             batch_size: 8,
             train_size: 256,
@@ -102,6 +108,7 @@ impl TrainConfig {
             device: Device::Cpu,
             storage: Storage::F32,
             loader_threads: 2,
+            time_budget: None,
         }
     }
 }
@@ -155,8 +162,12 @@ impl Adam {
     const EPS: f64 = 1e-8;
 
     fn new(model: &Model) -> Self {
-        let mut params: Vec<(String, Tensor)> =
-            model.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut params: Vec<(String, Tensor)> = model
+            .vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let m = params.iter().map(|(_, p)| p.zeros_like()).collect();
         let v = params.iter().map(|(_, p)| p.zeros_like()).collect();
@@ -174,13 +185,19 @@ impl Adam {
         let c1 = 1.0 - Self::B1.powi(self.t as i32);
         let c2 = 1.0 - Self::B2.powi(self.t as i32);
         tch::no_grad(|| {
-            for ((_, p), (m, v)) in self.params.iter_mut().zip(self.m.iter_mut().zip(self.v.iter_mut())) {
+            for ((_, p), (m, v)) in self
+                .params
+                .iter_mut()
+                .zip(self.m.iter_mut().zip(self.v.iter_mut()))
+            {
                 let g = p.grad();
                 if !g.defined() {
                     continue;
                 }
                 let _ = m.g_mul_scalar_(Self::B1).g_add_(&(&g * (1.0 - Self::B1)));
-                let _ = v.g_mul_scalar_(Self::B2).g_add_(&(&g * &g * (1.0 - Self::B2)));
+                let _ = v
+                    .g_mul_scalar_(Self::B2)
+                    .g_add_(&(&g * &g * (1.0 - Self::B2)));
                 let update = (&*m / c1) / ((&*v / c2).sqrt() + Self::EPS) * lr;
                 let _ = p.g_sub_(&update);
             }
@@ -202,7 +219,10 @@ pub(crate) fn scale_short_side(img: &RgbImage, side: u32) -> RgbImage {
         return img.clone();
     }
     let s = side as f64 / short as f64;
-    let (nw, nh) = (((w as f64 * s).round() as u32).max(side), ((h as f64 * s).round() as u32).max(side));
+    let (nw, nh) = (
+        ((w as f64 * s).round() as u32).max(side),
+        ((h as f64 * s).round() as u32).max(side),
+    );
     imageops::resize(img, nw, nh, imageops::FilterType::Lanczos3)
 }
 
@@ -231,12 +251,18 @@ struct Loader {
 }
 
 impl Loader {
-    fn start(photos: Arc<Vec<RgbImage>>, masks: Arc<Vec<HoleMask>>, cfg: &TrainConfig, start_step: u64) -> Self {
+    fn start(
+        photos: Arc<Vec<RgbImage>>,
+        masks: Arc<Vec<HoleMask>>,
+        cfg: &TrainConfig,
+        start_step: u64,
+    ) -> Self {
         let (tx, rx) = mpsc::sync_channel(4);
         let stop = Arc::new(AtomicBool::new(false));
         let threads = cfg.loader_threads.max(1) as u64;
         for worker in 0..threads {
-            let (tx, stop, photos, masks) = (tx.clone(), stop.clone(), photos.clone(), masks.clone());
+            let (tx, stop, photos, masks) =
+                (tx.clone(), stop.clone(), photos.clone(), masks.clone());
             let (size, batch, seed) = (cfg.train_size, cfg.batch_size, cfg.seed);
             std::thread::spawn(move || {
                 let generator = HoleGenerator::default();
@@ -251,14 +277,21 @@ impl Loader {
                         let photo = &photos[(rng.next_u64() % photos.len() as u64) as usize];
                         imgs.push(image_to_tensor(&random_crop(photo, size, &mut rng)));
                         let mask = if masks.is_empty() {
-                            generator.generate_any(size, size, stream.wrapping_mul(31).wrapping_add(i))
+                            generator.generate_any(
+                                size,
+                                size,
+                                stream.wrapping_mul(31).wrapping_add(i),
+                            )
                         } else {
                             let m = &masks[(rng.next_u64() % masks.len() as u64) as usize];
                             m.resize_conservative(size, size)
                         };
                         valids.push(valid_tensor(&mask));
                     }
-                    let b = Batch { gt: Tensor::stack(&imgs, 0), valid: Tensor::stack(&valids, 0) };
+                    let b = Batch {
+                        gt: Tensor::stack(&imgs, 0),
+                        valid: Tensor::stack(&valids, 0),
+                    };
                     if tx.send(b).is_err() {
                         return;
                     }
@@ -269,7 +302,9 @@ impl Loader {
     }
 
     fn next(&self) -> Batch {
-        self.rx.recv().expect("loader threads run until the loader is dropped")
+        self.rx
+            .recv()
+            .expect("loader threads run until the loader is dropped")
     }
 }
 
@@ -283,11 +318,17 @@ impl Drop for Loader {
 /// A random square crop with scale jitter (0.8–1.25×) and a horizontal flip.
 fn random_crop(photo: &RgbImage, size: u32, rng: &mut Rng) -> RgbImage {
     let (w, h) = photo.dimensions();
-    let side = ((size as f64 * rng.range(0.8, 1.25)).round() as u32).min(w.min(h)).max(1);
+    let side = ((size as f64 * rng.range(0.8, 1.25)).round() as u32)
+        .min(w.min(h))
+        .max(1);
     let x = rng.below(0, w - side + 1);
     let y = rng.below(0, h - side + 1);
     let crop = imageops::crop_imm(photo, x, y, side, side).to_image();
-    let mut crop = if side == size { crop } else { imageops::resize(&crop, size, size, imageops::FilterType::Triangle) };
+    let mut crop = if side == size {
+        crop
+    } else {
+        imageops::resize(&crop, size, size, imageops::FilterType::Triangle)
+    };
     if rng.uniform() < 0.5 {
         imageops::flip_horizontal_in_place(&mut crop);
     }
@@ -327,12 +368,19 @@ impl FineTuner {
         let (train_paths, val_paths): (Vec<PathBuf>, Vec<PathBuf>) = match &cfg.val_data {
             Some(dir) => (paths, crate::io::list_files(dir)?),
             None => {
-                let (v, t): (Vec<_>, Vec<_>) = paths.into_iter().enumerate().partition(|(i, _)| i % 7 == 6);
-                (t.into_iter().map(|x| x.1).collect(), v.into_iter().map(|x| x.1).collect())
+                let (v, t): (Vec<_>, Vec<_>) =
+                    paths.into_iter().enumerate().partition(|(i, _)| i % 7 == 6);
+                (
+                    t.into_iter().map(|x| x.1).collect(),
+                    v.into_iter().map(|x| x.1).collect(),
+                )
             }
         };
         let train = load_photos(&train_paths, cfg.photo_side.max(cfg.train_size));
-        let val = load_photos(&val_paths[..val_paths.len().min(cfg.max_val_images)], cfg.val_size);
+        let val = load_photos(
+            &val_paths[..val_paths.len().min(cfg.max_val_images)],
+            cfg.val_size,
+        );
         let usable = train.images.len();
         if usable < 2 {
             return Err(Error::Data(format!(
@@ -342,7 +390,10 @@ impl FineTuner {
             )));
         }
         let user_masks = match &cfg.masks {
-            Some(dir) => crate::io::list_files(dir)?.iter().filter_map(|p| crate::io::read_mask(p).ok()).collect(),
+            Some(dir) => crate::io::list_files(dir)?
+                .iter()
+                .filter_map(|p| crate::io::read_mask(p).ok())
+                .collect(),
             None => Vec::new(),
         };
         let vgg = match &cfg.vgg {
@@ -368,9 +419,17 @@ impl FineTuner {
             let adam = Adam::new(&model);
             (model, adam, 0)
         };
-        let loss = InpaintingLoss { weights: cfg.loss, normalization: model.meta.normalization, vgg };
+        let loss = InpaintingLoss {
+            weights: cfg.loss,
+            normalization: model.meta.normalization,
+            vgg,
+        };
         let skipped = train.skipped + val.skipped;
-        let val = val.images.iter().map(|img| eval_crop(img, cfg.val_size)).collect();
+        let val = val
+            .images
+            .iter()
+            .map(|img| eval_crop(img, cfg.val_size))
+            .collect();
         Ok(Self {
             cfg,
             model,
@@ -399,10 +458,21 @@ impl FineTuner {
 
     /// Trains until `cfg.steps`, calling `callback` after each step; `Break` stops the run
     /// after saving a checkpoint (as Ctrl-C does) and returns [`Error::Interrupted`].
-    pub fn run(&mut self, mut callback: impl FnMut(&Progress) -> ControlFlow<()>) -> Result<TrainSummary> {
+    pub fn run(
+        &mut self,
+        mut callback: impl FnMut(&Progress) -> ControlFlow<()>,
+    ) -> Result<TrainSummary> {
+        if self.cfg.device.is_cuda() {
+            tch::Cuda::cudnn_set_benchmark(true); // fixed shapes: let cuDNN pick the fastest kernels
+        }
         let start = Instant::now();
         let first_step = self.step;
-        let loader = Loader::start(self.train.clone(), self.user_masks.clone(), &self.cfg, self.step);
+        let loader = Loader::start(
+            self.train.clone(),
+            self.user_masks.clone(),
+            &self.cfg,
+            self.step,
+        );
         let norm = self.model.meta.normalization;
         let channels = self.model.meta.config.input_channels;
         let mut last_loss = f64::NAN;
@@ -411,11 +481,19 @@ impl FineTuner {
         while self.step < self.cfg.steps {
             let stage2 = self.step >= self.cfg.stage2_at;
             self.model.net.freeze_enc_bn = stage2;
-            let lr = if stage2 { self.cfg.lr_stage2 } else { self.cfg.lr };
+            let lr = if stage2 {
+                self.cfg.lr_stage2
+            } else {
+                self.cfg.lr
+            };
             let batch = loader.next();
             let gt = normalize(&batch.gt.to_device(self.cfg.device), &norm);
             let valid = batch.valid.to_device(self.cfg.device);
-            let (output, _) = self.model.net.forward_t(&(&gt * &valid), &Mask::shared(valid.shallow_clone(), channels), true);
+            let (output, _) = self.model.net.forward_t(
+                &(&gt * &valid),
+                &Mask::shared(valid.shallow_clone(), channels),
+                true,
+            );
             let terms = self.loss.compute(&valid, &output, &gt);
             self.adam.zero_grad();
             terms.total.backward();
@@ -423,9 +501,18 @@ impl FineTuner {
             self.step += 1;
             last_loss = terms.total.double_value(&[]);
             if !last_loss.is_finite() {
-                return Err(Error::Data(format!("loss became {last_loss} at step {}; lower the learning rate", self.step)));
+                return Err(Error::Data(format!(
+                    "loss became {last_loss} at step {}; lower the learning rate",
+                    self.step
+                )));
             }
-            let values = LossValues { valid: terms.valid, hole: terms.hole, perceptual: terms.perceptual, style: terms.style, tv: terms.tv };
+            let values = LossValues {
+                valid: terms.valid,
+                hole: terms.hole,
+                perceptual: terms.perceptual,
+                style: terms.style,
+                tv: terms.tv,
+            };
             let val = if self.step % self.cfg.val_every == 0 || self.step == self.cfg.steps {
                 let mut report = self.validate()?;
                 report.step = self.step;
@@ -447,6 +534,21 @@ impl FineTuner {
                 val: val.clone(),
             };
             self.record(&mut log, &progress)?;
+            if self.cfg.time_budget.is_some_and(|b| start.elapsed() >= b) {
+                self.cfg.steps = self.step; // out of time: finish here, model saved below
+            }
+            if let (Some(budget), 50) = (self.cfg.time_budget, self.step - first_step) {
+                // Validation and checkpoints take time too; keep a tenth of the budget for them.
+                let fits = first_step + (0.9 * budget.as_secs_f64() / per_step) as u64;
+                if fits < self.cfg.steps {
+                    let stage2_fraction = self.cfg.stage2_at as f64 / self.cfg.steps as f64;
+                    self.cfg.steps = fits.max(self.step + 1);
+                    self.cfg.stage2_at = self
+                        .cfg
+                        .stage2_at
+                        .min((stage2_fraction * fits as f64) as u64);
+                }
+            }
             let stop = callback(&progress).is_break() || INTERRUPTED.load(Ordering::SeqCst);
             if stop || self.step % self.cfg.checkpoint_every == 0 {
                 self.save_checkpoint()?;
@@ -484,7 +586,11 @@ impl FineTuner {
     fn open_log(&self) -> Result<std::fs::File> {
         let path = self.cfg.run_dir.join("log.csv");
         let new = !path.exists();
-        let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         if new {
             let mut header = "step,stage,loss,valid,hole,perceptual,style,tv,elapsed_s".to_string();
             for (lo, hi) in RATIO_BUCKETS {
@@ -499,7 +605,15 @@ impl FineTuner {
         let t = &p.terms;
         let mut line = format!(
             "{},{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.1}",
-            p.step, p.stage, p.loss, t.valid, t.hole, t.perceptual, t.style, t.tv, p.elapsed.as_secs_f64()
+            p.step,
+            p.stage,
+            p.loss,
+            t.valid,
+            t.hole,
+            t.perceptual,
+            t.style,
+            t.tv,
+            p.elapsed.as_secs_f64()
         );
         if let Some(v) = &p.val {
             for b in &v.buckets {
@@ -508,7 +622,8 @@ impl FineTuner {
         }
         let path = self.cfg.run_dir.join("log.csv");
         writeln!(log, "{line}").map_err(|e| Error::io(&path, e))?;
-        self.history.push((p.step, p.loss, p.val.as_ref().map(ValReport::mean_psnr)));
+        self.history
+            .push((p.step, p.loss, p.val.as_ref().map(ValReport::mean_psnr)));
         Ok(())
     }
 
@@ -524,7 +639,11 @@ impl FineTuner {
         for (i, gt) in self.val.iter().take(n).enumerate() {
             let mask = &eval_masks(size, i)[2];
             let filled = self.model.fill_native(&[gt], &[mask])?.remove(0);
-            rows.push([crate::plot::show_holes(gt, mask), composite(gt, &filled, mask), gt.clone()]);
+            rows.push([
+                crate::plot::show_holes(gt, mask),
+                composite(gt, &filled, mask),
+                gt.clone(),
+            ]);
         }
         crate::plot::grid(&rows, &self.cfg.run_dir.join("samples.png"))
     }
@@ -535,12 +654,20 @@ impl FineTuner {
         for (name, t) in self.model.vs.variables() {
             tensors.push((format!("model/{name}"), t.detach().to_device(Device::Cpu)));
         }
-        for ((name, _), (m, v)) in self.adam.params.iter().zip(self.adam.m.iter().zip(&self.adam.v)) {
+        for ((name, _), (m, v)) in self
+            .adam
+            .params
+            .iter()
+            .zip(self.adam.m.iter().zip(&self.adam.v))
+        {
             tensors.push((format!("adam_m/{name}"), m.to_device(Device::Cpu)));
             tensors.push((format!("adam_v/{name}"), v.to_device(Device::Cpu)));
         }
         let state = serde_json::json!({ "step": self.step, "adam_t": self.adam.t, "meta": self.model.meta });
-        tensors.push(("state_json".into(), Tensor::from_slice(state.to_string().as_bytes())));
+        tensors.push((
+            "state_json".into(),
+            Tensor::from_slice(state.to_string().as_bytes()),
+        ));
         let path = self.cfg.run_dir.join(CHECKPOINT);
         let tmp = self.cfg.run_dir.join("checkpoint.writing");
         Tensor::write_safetensors(&tensors, &tmp)?;
@@ -552,13 +679,23 @@ impl FineTuner {
 
 fn load_checkpoint(path: &Path, device: Device) -> Result<(Model, Adam, u64)> {
     let what = path.display().to_string();
-    let bad = |reason: String| Error::Checkpoint { what: what.clone(), reason };
+    let bad = |reason: String| Error::Checkpoint {
+        what: what.clone(),
+        reason,
+    };
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("corrupt checkpoint ({e})")))?;
-    let state_bytes = st.tensor("state_json").map_err(|_| bad("no training state".into()))?;
-    let state: serde_json::Value = serde_json::from_slice(state_bytes.data()).map_err(|e| bad(e.to_string()))?;
-    let meta: ModelMeta = serde_json::from_value(state["meta"].clone()).map_err(|e| bad(e.to_string()))?;
-    let step = state["step"].as_u64().ok_or_else(|| bad("no step".into()))?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("corrupt checkpoint ({e})")))?;
+    let state_bytes = st
+        .tensor("state_json")
+        .map_err(|_| bad("no training state".into()))?;
+    let state: serde_json::Value =
+        serde_json::from_slice(state_bytes.data()).map_err(|e| bad(e.to_string()))?;
+    let meta: ModelMeta =
+        serde_json::from_value(state["meta"].clone()).map_err(|e| bad(e.to_string()))?;
+    let step = state["step"]
+        .as_u64()
+        .ok_or_else(|| bad("no step".into()))?;
     let model = Model::new(meta, device)?;
     let mut by_name: HashMap<String, Tensor> = HashMap::new();
     for (name, view) in st.tensors() {
@@ -566,15 +703,27 @@ fn load_checkpoint(path: &Path, device: Device) -> Result<(Model, Adam, u64)> {
             continue;
         }
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        by_name.insert(name, Tensor::f_from_data_size(view.data(), &shape, Kind::Float)?);
+        by_name.insert(
+            name,
+            Tensor::f_from_data_size(view.data(), &shape, Kind::Float)?,
+        );
     }
-    let weights: HashMap<String, Tensor> =
-        by_name.iter().filter_map(|(k, t)| k.strip_prefix("model/").map(|n| (n.to_string(), t.shallow_clone()))).collect();
+    let weights: HashMap<String, Tensor> = by_name
+        .iter()
+        .filter_map(|(k, t)| {
+            k.strip_prefix("model/")
+                .map(|n| (n.to_string(), t.shallow_clone()))
+        })
+        .collect();
     model.load_state_dict(&weights, &what)?;
     let mut adam = Adam::new(&model);
     adam.t = state["adam_t"].as_u64().unwrap_or(step);
     tch::no_grad(|| -> Result<()> {
-        for ((name, _), (m, v)) in adam.params.iter().zip(adam.m.iter_mut().zip(adam.v.iter_mut())) {
+        for ((name, _), (m, v)) in adam
+            .params
+            .iter()
+            .zip(adam.m.iter_mut().zip(adam.v.iter_mut()))
+        {
             let get = |k: String| by_name.get(&k).ok_or_else(|| bad(format!("missing `{k}`")));
             m.f_copy_(&get(format!("adam_m/{name}"))?.to_device(device))?;
             v.f_copy_(&get(format!("adam_v/{name}"))?.to_device(device))?;

@@ -30,14 +30,23 @@ fn default_eps() -> f64 {
 impl Default for PConvUNetConfig {
     /// The seed project's network: 7 levels, width 64, 25.8M parameters.
     fn default() -> Self {
-        Self { layer_size: 7, width: 64, input_channels: 3, convention: Convention::Unscaled, eps: 1e-8 }
+        Self {
+            layer_size: 7,
+            width: 64,
+            input_channels: 3,
+            convention: Convention::Unscaled,
+            eps: 1e-8,
+        }
     }
 }
 
 impl PConvUNetConfig {
     /// The paper's network, for 512×512 inputs.
     pub fn paper() -> Self {
-        Self { layer_size: 8, ..Default::default() }
+        Self {
+            layer_size: 8,
+            ..Default::default()
+        }
     }
 
     /// Inputs must have sides divisible by this.
@@ -61,10 +70,16 @@ impl PConvUNetConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         if !(4..=10).contains(&self.layer_size) {
-            return Err(format!("layer_size must be within 4..=10, got {}", self.layer_size));
+            return Err(format!(
+                "layer_size must be within 4..=10, got {}",
+                self.layer_size
+            ));
         }
         if self.width < 1 || self.input_channels < 1 {
-            return Err(format!("width and input_channels must be positive, got {} and {}", self.width, self.input_channels));
+            return Err(format!(
+                "width and input_channels must be positive, got {} and {}",
+                self.width, self.input_channels
+            ));
         }
         Ok(())
     }
@@ -87,7 +102,16 @@ struct PConvBlock {
 
 impl PConvBlock {
     #[allow(clippy::too_many_arguments)]
-    fn new(vs: nn::Path, cfg: &PConvUNetConfig, c_in: i64, c_out: i64, k: i64, stride: i64, bn: bool, activation: Activation) -> Self {
+    fn new(
+        vs: nn::Path,
+        cfg: &PConvUNetConfig,
+        c_in: i64,
+        c_out: i64,
+        k: i64,
+        stride: i64,
+        bn: bool,
+        activation: Activation,
+    ) -> Self {
         let conv_cfg = PartialConvConfig {
             stride,
             padding: k / 2,
@@ -98,7 +122,11 @@ impl PConvBlock {
         };
         let conv = partial_conv2d(&vs / "conv", c_in, c_out, k, conv_cfg);
         let bn = bn.then(|| nn::batch_norm2d(&vs / "bn", c_out, Default::default()));
-        Self { conv, bn, activation }
+        Self {
+            conv,
+            bn,
+            activation,
+        }
     }
 
     /// `bn_train`: whether batch norm uses (and updates) batch statistics.
@@ -140,20 +168,56 @@ impl PConvUNet {
         for i in 1..=c.layer_size {
             let c_out = c.encoder_width(i);
             let k = PConvUNetConfig::encoder_kernel(i);
-            encoder.push(PConvBlock::new(vs / format!("enc_{i}"), c, c_prev, c_out, k, 2, i > 1, Activation::Relu));
+            encoder.push(PConvBlock::new(
+                vs / format!("enc_{i}"),
+                c,
+                c_prev,
+                c_out,
+                k,
+                2,
+                i > 1,
+                Activation::Relu,
+            ));
             c_prev = c_out;
         }
         for i in 1..=c.layer_size {
-            let skip = if i == 1 { c.input_channels } else { c.encoder_width(i - 1) };
+            let skip = if i == 1 {
+                c.input_channels
+            } else {
+                c.encoder_width(i - 1)
+            };
             let up = c.encoder_width(i);
             let block = if i == 1 {
-                PConvBlock::new(vs / "dec_1", c, up + skip, c.input_channels, 3, 1, false, Activation::Linear)
+                PConvBlock::new(
+                    vs / "dec_1",
+                    c,
+                    up + skip,
+                    c.input_channels,
+                    3,
+                    1,
+                    false,
+                    Activation::Linear,
+                )
             } else {
-                PConvBlock::new(vs / format!("dec_{i}"), c, up + skip, skip, 3, 1, true, Activation::LeakyRelu)
+                PConvBlock::new(
+                    vs / format!("dec_{i}"),
+                    c,
+                    up + skip,
+                    skip,
+                    3,
+                    1,
+                    true,
+                    Activation::LeakyRelu,
+                )
             };
             decoder.push(block);
         }
-        Self { config, encoder, decoder, freeze_enc_bn: false }
+        Self {
+            config,
+            encoder,
+            decoder,
+            freeze_enc_bn: false,
+        }
     }
 
     pub fn config(&self) -> &PConvUNetConfig {

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use partialconv::{Convention, Mask, Model, ModelMeta, PConvUNetConfig, PartialConv2d, PartialConvConfig};
+use partialconv::{
+    Convention, Mask, Model, ModelMeta, PConvUNetConfig, PartialConv2d, PartialConvConfig,
+};
 use tch::{Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
@@ -19,14 +21,21 @@ impl Fixture {
         let bytes = std::fs::read(path).unwrap();
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
         let meta = header.metadata().clone().unwrap_or_default();
-        let tensors = Tensor::read_safetensors(path).unwrap().into_iter().collect();
+        let tensors = Tensor::read_safetensors(path)
+            .unwrap()
+            .into_iter()
+            .collect();
         Fixture { tensors, meta }
     }
     fn t(&self, name: &str) -> &Tensor {
-        self.tensors.get(name).unwrap_or_else(|| panic!("fixture lacks `{name}`"))
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture lacks `{name}`"))
     }
     fn m(&self, key: &str) -> &str {
-        self.meta.get(key).unwrap_or_else(|| panic!("fixture metadata lacks `{key}`"))
+        self.meta
+            .get(key)
+            .unwrap_or_else(|| panic!("fixture metadata lacks `{key}`"))
     }
     fn i(&self, key: &str) -> i64 {
         self.m(key).parse().unwrap()
@@ -62,8 +71,13 @@ fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
     let got = got.to_kind(Kind::Double);
     let want = want.to_kind(Kind::Double);
     let floor = want.abs().max().double_value(&[]) * 1e-2 + 1e-12;
-    let err = ((&got - &want).abs() / want.abs().clamp_min(floor)).max().double_value(&[]);
-    assert!(err <= TOLERANCE, "{what}: max relative error {err:e} > {TOLERANCE:e}");
+    let err = ((&got - &want).abs() / want.abs().clamp_min(floor))
+        .max()
+        .double_value(&[]);
+    assert!(
+        err <= TOLERANCE,
+        "{what}: max relative error {err:e} > {TOLERANCE:e}"
+    );
 }
 
 /// Whether an `N×C×H×W` mask is the same in every channel.
@@ -78,7 +92,11 @@ fn mask_paths(mask: &Tensor, in_channels: i64) -> Vec<(&'static str, Mask)> {
     if shared_across_channels(mask) {
         paths.push(("grouped", Mask::shared(mask.narrow(1, 0, 1), in_channels)));
     }
-    let dense = if mask.size()[1] == 1 { mask.expand([-1, in_channels, -1, -1], false).contiguous() } else { mask.shallow_clone() };
+    let dense = if mask.size()[1] == 1 {
+        mask.expand([-1, in_channels, -1, -1], false).contiguous()
+    } else {
+        mask.shallow_clone()
+    };
     paths.push(("per-channel", Mask::PerChannel(dense)));
     paths
 }
@@ -95,14 +113,26 @@ fn layer_matches_pytorch_reference() {
             convention: f.convention(),
             eps: f.m("eps").parse().unwrap(),
         };
-        let layer = PartialConv2d::new(f.t("weight").shallow_clone(), f.tensors.get("bias").map(|b| b.shallow_clone()), cfg);
+        let layer = PartialConv2d::new(
+            f.t("weight").shallow_clone(),
+            f.tensors.get("bias").map(|b| b.shallow_clone()),
+            cfg,
+        );
         for (path_name, mask) in mask_paths(f.t("mask"), layer.in_channels()) {
             let (out, out_mask) = layer.forward(f.t("x"), &mask);
             assert_close(&format!("{name} [{path_name}] out"), &out, f.t("out"));
             let want_mask = f.t("out_mask");
             let got_mask = out_mask.to_dense();
-            let got_mask = if want_mask.size()[1] == 1 { got_mask.narrow(1, 0, 1) } else { got_mask };
-            assert_close(&format!("{name} [{path_name}] out_mask"), &got_mask, want_mask);
+            let got_mask = if want_mask.size()[1] == 1 {
+                got_mask.narrow(1, 0, 1)
+            } else {
+                got_mask
+            };
+            assert_close(
+                &format!("{name} [{path_name}] out_mask"),
+                &got_mask,
+                want_mask,
+            );
         }
     }
 }
@@ -124,7 +154,11 @@ fn unet_matches_pytorch_reference() {
         for (path_name, mask) in mask_paths(f.t("mask"), config.input_channels) {
             let (out, out_mask) = tch::no_grad(|| model.net.forward_t(f.t("input"), &mask, false));
             assert_close(&format!("{name} [{path_name}] output"), &out, f.t("output"));
-            assert_close(&format!("{name} [{path_name}] output_mask"), &out_mask.to_dense(), f.t("output_mask"));
+            assert_close(
+                &format!("{name} [{path_name}] output_mask"),
+                &out_mask.to_dense(),
+                f.t("output_mask"),
+            );
         }
     }
 }
@@ -132,16 +166,26 @@ fn unet_matches_pytorch_reference() {
 #[test]
 fn both_mask_paths_agree_on_random_masks() {
     tch::manual_seed(7);
-    let config = PConvUNetConfig { layer_size: 4, width: 4, ..Default::default() };
+    let config = PConvUNetConfig {
+        layer_size: 4,
+        width: 4,
+        ..Default::default()
+    };
     let model = Model::new(ModelMeta::new(config), Device::Cpu).unwrap();
     for trial in 0..4 {
         let x = Tensor::randn([2, 3, 32, 48], (Kind::Float, Device::Cpu));
-        let valid = Tensor::rand([2, 1, 32, 48], (Kind::Float, Device::Cpu)).gt(0.3 + 0.15 * trial as f64).to_kind(Kind::Float);
+        let valid = Tensor::rand([2, 1, 32, 48], (Kind::Float, Device::Cpu))
+            .gt(0.3 + 0.15 * trial as f64)
+            .to_kind(Kind::Float);
         let grouped = Mask::shared(valid.shallow_clone(), 3);
         let per_channel = Mask::PerChannel(valid.expand([-1, 3, -1, -1], false).contiguous());
         let (a, ma) = tch::no_grad(|| model.net.forward_t(&x, &grouped, false));
         let (b, mb) = tch::no_grad(|| model.net.forward_t(&x, &per_channel, false));
         assert_close("grouped vs per-channel output", &a, &b);
-        assert_close("grouped vs per-channel mask", &ma.to_dense(), &mb.to_dense());
+        assert_close(
+            "grouped vs per-channel mask",
+            &ma.to_dense(),
+            &mb.to_dense(),
+        );
     }
 }

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::unet::{PConvUNet, PConvUNetConfig};
 use crate::layer::Convention;
+use crate::unet::{PConvUNet, PConvUNetConfig};
 
 /// Key of the JSON header in the safetensors metadata.
 pub const META_KEY: &str = "partialconv";
@@ -28,7 +28,10 @@ pub struct Normalization {
 
 impl Normalization {
     /// What the public checkpoints were trained with.
-    pub const IMAGENET: Normalization = Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    pub const IMAGENET: Normalization = Normalization {
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
 }
 
 impl Default for Normalization {
@@ -53,7 +56,12 @@ pub struct ModelMeta {
 
 impl ModelMeta {
     pub fn new(config: PConvUNetConfig) -> Self {
-        Self { config, normalization: Normalization::IMAGENET, train_size: None, training: serde_json::Value::Null }
+        Self {
+            config,
+            normalization: Normalization::IMAGENET,
+            train_size: None,
+            training: serde_json::Value::Null,
+        }
     }
 }
 
@@ -75,7 +83,10 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("meta", &self.meta).field("device", &self.vs.device()).finish()
+        f.debug_struct("Model")
+            .field("meta", &self.meta)
+            .field("device", &self.vs.device())
+            .finish()
     }
 }
 
@@ -95,22 +106,30 @@ impl Model {
 
     /// `what` names the source in errors (a path, "bundled model", ...).
     pub fn from_bytes(bytes: &[u8], what: &str, device: Device) -> Result<Self> {
-        let bad = |reason: String| Error::Checkpoint { what: what.to_string(), reason };
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+        let bad = |reason: String| Error::Checkpoint {
+            what: what.to_string(),
+            reason,
+        };
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
         let meta_json = header
             .metadata()
             .as_ref()
             .and_then(|m| m.get(META_KEY))
             .ok_or_else(|| bad(format!("no `{META_KEY}` header: not a partialconv model")))?;
-        let meta: ModelMeta = serde_json::from_str(meta_json).map_err(|e| bad(format!("bad `{META_KEY}` header: {e}")))?;
+        let meta: ModelMeta = serde_json::from_str(meta_json)
+            .map_err(|e| bad(format!("bad `{META_KEY}` header: {e}")))?;
         meta.config.validate().map_err(|e| bad(e))?;
-        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("corrupt safetensors data ({e})")))?;
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(format!("corrupt safetensors data ({e})")))?;
         let model = Self::new(meta, device)?;
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             tensors.insert(name, view);
         }
-        copy_into(&model.vs, what, |name| tensors.get(name).map(view_to_tensor).transpose())?;
+        copy_into(&model.vs, what, |name| {
+            tensors.get(name).map(view_to_tensor).transpose()
+        })?;
         Ok(model)
     }
 
@@ -133,25 +152,38 @@ impl Model {
             .iter()
             .map(|(n, (shape, dtype, data))| {
                 let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-                (n.clone(), TensorView::new(*dtype, shape, data).expect("consistent view"))
+                (
+                    n.clone(),
+                    TensorView::new(*dtype, shape, data).expect("consistent view"),
+                )
             })
             .collect();
         let info = HashMap::from([(META_KEY.to_string(), meta)]);
-        let bytes = safetensors::serialize(views, Some(info))
-            .map_err(|e| Error::Checkpoint { what: path.display().to_string(), reason: e.to_string() })?;
+        let bytes = safetensors::serialize(views, Some(info)).map_err(|e| Error::Checkpoint {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         write_atomic(path, &bytes)
     }
 
     /// Copies weights named as in a PyTorch state dict of the public reimplementation
     /// (`enc_1.conv.input_conv.weight`, ...) or as in our files; see [`canonical_name`].
     pub fn load_state_dict(&self, tensors: &HashMap<String, Tensor>, what: &str) -> Result<()> {
-        let renamed: HashMap<String, &Tensor> =
-            tensors.iter().filter_map(|(k, t)| canonical_name(k).map(|n| (n, t))).collect();
-        copy_into(&self.vs, what, |name| Ok(renamed.get(name).map(|t| t.shallow_clone())))
+        let renamed: HashMap<String, &Tensor> = tensors
+            .iter()
+            .filter_map(|(k, t)| canonical_name(k).map(|n| (n, t)))
+            .collect();
+        copy_into(&self.vs, what, |name| {
+            Ok(renamed.get(name).map(|t| t.shallow_clone()))
+        })
     }
 
     pub fn parameter_count(&self) -> usize {
-        self.vs.trainable_variables().iter().map(|t| t.numel()).sum()
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel())
+            .sum()
     }
 }
 
@@ -183,7 +215,10 @@ fn view_to_tensor(view: &TensorView<'_>) -> Result<Tensor> {
         Dtype::F64 => Kind::Double,
         Dtype::I64 => Kind::Int64,
         other => {
-            return Err(Error::Checkpoint { what: "tensor".into(), reason: format!("unsupported dtype {other:?}") })
+            return Err(Error::Checkpoint {
+                what: "tensor".into(),
+                reason: format!("unsupported dtype {other:?}"),
+            })
         }
     };
     let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
@@ -191,14 +226,26 @@ fn view_to_tensor(view: &TensorView<'_>) -> Result<Tensor> {
 }
 
 /// Copies every variable of `vs` from `lookup`, checking presence and shape.
-fn copy_into(vs: &nn::VarStore, what: &str, mut lookup: impl FnMut(&str) -> Result<Option<Tensor>>) -> Result<()> {
+fn copy_into(
+    vs: &nn::VarStore,
+    what: &str,
+    mut lookup: impl FnMut(&str) -> Result<Option<Tensor>>,
+) -> Result<()> {
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
         for (name, mut var) in vars {
-            let src = lookup(&name)?.ok_or_else(|| Error::MissingTensor { what: what.into(), name: name.clone() })?;
+            let src = lookup(&name)?.ok_or_else(|| Error::MissingTensor {
+                what: what.into(),
+                name: name.clone(),
+            })?;
             if src.size() != var.size() {
-                return Err(Error::ShapeMismatch { what: what.into(), name, expected: var.size(), found: src.size() });
+                return Err(Error::ShapeMismatch {
+                    what: what.into(),
+                    name,
+                    expected: var.size(),
+                    found: src.size(),
+                });
             }
             var.f_copy_(&src.to_kind(var.kind()).to_device(var.device()))?;
         }
@@ -220,18 +267,36 @@ pub fn canonical_name(key: &str) -> Option<String> {
 /// restricted unpickler that runs no code from it.
 pub fn import_pth(src: &Path) -> Result<Model> {
     let bytes = std::fs::read(src).map_err(|e| Error::io(src, e))?;
-    let file = torch_pickle::read_pth(&bytes).map_err(|source| Error::Pth { path: src.into(), source })?;
+    let file = torch_pickle::read_pth(&bytes).map_err(|source| Error::Pth {
+        path: src.into(),
+        source,
+    })?;
     let what = src.display().to_string();
-    let bad = |reason: String| Error::Checkpoint { what: what.clone(), reason };
+    let bad = |reason: String| Error::Checkpoint {
+        what: what.clone(),
+        reason,
+    };
     // Bare state dicts exist too; accept both.
-    let prefix = if file.tensors.keys().any(|k| k.starts_with("model.")) { "model." } else { "" };
+    let prefix = if file.tensors.keys().any(|k| k.starts_with("model.")) {
+        "model."
+    } else {
+        ""
+    };
     let weights: HashMap<String, &torch_pickle::RawTensor> = file
         .tensors
         .iter()
-        .filter_map(|(key, t)| key.strip_prefix(prefix).and_then(canonical_name).map(|n| (n, t)))
+        .filter_map(|(key, t)| {
+            key.strip_prefix(prefix)
+                .and_then(canonical_name)
+                .map(|n| (n, t))
+        })
         .collect();
-    let layer_size = (1..).take_while(|i| weights.contains_key(&format!("enc_{i}.conv.weight"))).count();
-    let first = weights.get("enc_1.conv.weight").ok_or_else(|| bad("no `enc_1.conv.input_conv.weight`: not a PConvUNet checkpoint".into()))?;
+    let layer_size = (1..)
+        .take_while(|i| weights.contains_key(&format!("enc_{i}.conv.weight")))
+        .count();
+    let first = weights.get("enc_1.conv.weight").ok_or_else(|| {
+        bad("no `enc_1.conv.input_conv.weight`: not a PConvUNet checkpoint".into())
+    })?;
     if first.shape.len() != 4 {
         return Err(bad(format!("`enc_1` weight has shape {:?}", first.shape)));
     }
@@ -252,8 +317,13 @@ pub fn import_pth(src: &Path) -> Result<Model> {
     });
     let model = Model::new(meta, Device::Cpu).map_err(|e| bad(e.to_string()))?;
     copy_into(&model.vs, &what, |name| {
-        let Some(raw) = weights.get(name) else { return Ok(None) };
-        let data = raw.to_f32_vec().map_err(|source| Error::Pth { path: src.into(), source })?;
+        let Some(raw) = weights.get(name) else {
+            return Ok(None);
+        };
+        let data = raw.to_f32_vec().map_err(|source| Error::Pth {
+            path: src.into(),
+            source,
+        })?;
         let shape: Vec<i64> = raw.shape.iter().map(|&d| d as i64).collect();
         Ok(Some(Tensor::from_slice(&data).reshape(shape.as_slice())))
     })?;
