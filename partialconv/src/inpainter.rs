@@ -86,18 +86,15 @@ pub fn crop_regions(width: u32, height: u32, hole_boxes: &[Rect]) -> Vec<Rect> {
 
 /// `auto`, as a pure function of the image size, the hole boxes and the model's working side
 /// ([`working_side`]):
-/// 1. `Crop` when the crop regions cover at most half of the image and each fits the
-///    working side: big photos with small holes cost what the holes cost;
+/// 1. `Crop` when the crop regions cover at most half of the image: big photos with small
+///    holes cost what the holes cost (a region larger than the working side is itself
+///    resized to it);
 /// 2. otherwise `Original` when the image's long side fits the working side;
 /// 3. otherwise `Resize` to the working side.
 pub fn choose(width: u32, height: u32, hole_boxes: &[Rect], working_side: u32) -> Strategy {
     let regions = crop_regions(width, height, hole_boxes);
     let covered: u64 = regions.iter().map(Rect::area).sum();
-    let fits = |r: &Rect| r.width().max(r.height()) <= working_side;
-    if !regions.is_empty()
-        && covered * 2 <= width as u64 * height as u64
-        && regions.iter().all(fits)
-    {
+    if !regions.is_empty() && covered * 2 <= width as u64 * height as u64 {
         Strategy::Crop
     } else if width.max(height) <= working_side {
         Strategy::Original
@@ -172,6 +169,14 @@ pub struct Inpainter {
     model: Model,
 }
 
+// SAFETY: `tch::Tensor` is not `Sync` because a tensor handle can be mutated through `&self`
+// by libtorch calls in general. An `Inpainter` only ever runs inference: `forward_t(..,
+// false)` inside `no_grad`, which reads the weights and batch-norm statistics and writes
+// nothing but fresh output tensors, and libtorch's reads of shared tensors are thread-safe.
+// No method of `Inpainter` hands out the model's tensors, so concurrent `predict` calls
+// from several threads (the server's workers, Python threads) never race.
+unsafe impl Sync for Inpainter {}
+
 impl Inpainter {
     pub fn new(model: Model) -> Self {
         Self { model }
@@ -182,8 +187,13 @@ impl Inpainter {
         Ok(Self::new(load_model(path, device)?))
     }
 
-    pub fn model(&self) -> &Model {
-        &self.model
+    /// The model's header. (The weights stay private: see the `Sync` impl above.)
+    pub fn meta(&self) -> &crate::checkpoint::ModelMeta {
+        &self.model.meta
+    }
+
+    pub fn parameter_count(&self) -> usize {
+        self.model.parameter_count()
     }
 
     pub fn device(&self) -> Device {

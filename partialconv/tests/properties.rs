@@ -1,0 +1,149 @@
+//! Properties of prediction that hold for any weights: pixels outside the hole are returned
+//! bit for bit, any size round-trips, and `crop` equals `original` when one crop covers the
+//! whole image.
+
+use std::sync::OnceLock;
+
+use image::{DynamicImage, Rgb, RgbImage};
+use partialconv::masks::HoleMask;
+use partialconv::{Inpainter, Model, ModelMeta, PConvUNetConfig, Strategy as Fill};
+use proptest::prelude::*;
+use tch::Device;
+
+fn inpainter() -> &'static Inpainter {
+    static I: OnceLock<Inpainter> = OnceLock::new();
+    I.get_or_init(|| {
+        tch::manual_seed(3);
+        let config = PConvUNetConfig {
+            layer_size: 4,
+            width: 4,
+            ..Default::default()
+        };
+        Inpainter::new(Model::new(ModelMeta::new(config), Device::Cpu).unwrap())
+    })
+}
+
+fn image_from(w: u32, h: u32, seed: u64) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        let v = (x as u64 * 7919 + y as u64 * 104_729).wrapping_add(seed.wrapping_mul(31)) % 251;
+        Rgb([v as u8, (v * 3 % 256) as u8, (255 - v) as u8])
+    })
+}
+
+fn rect_mask(w: u32, h: u32, (x0, y0, x1, y1): (u32, u32, u32, u32)) -> HoleMask {
+    let holes = (0..h)
+        .flat_map(|y| (0..w).map(move |x| x >= x0 && x < x1 && y >= y0 && y < y1))
+        .collect();
+    HoleMask::from_bools(w, h, holes)
+}
+
+fn arb_case() -> impl Strategy<Value = (u32, u32, (u32, u32, u32, u32), u64)> {
+    (1u32..70, 1u32..70, any::<u64>()).prop_flat_map(|(w, h, seed)| {
+        (
+            Just(w),
+            Just(h),
+            (0..w, 0..h)
+                .prop_flat_map(move |(x0, y0)| (Just(x0), Just(y0), x0 + 1..=w, y0 + 1..=h)),
+            Just(seed),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn outside_hole_pixels_unchanged_and_sizes_round_trip((w, h, rect, seed) in arb_case(), strategy in prop_oneof![
+        Just(Fill::Original), Just(Fill::Crop), Just(Fill::Auto), Just(Fill::Resize { long_side: 32 })
+    ]) {
+        let img = image_from(w, h, seed);
+        let mask = rect_mask(w, h, rect);
+        let out = inpainter().predict(&DynamicImage::ImageRgb8(img.clone()), &mask, strategy).unwrap().to_rgb8();
+        prop_assert_eq!(out.dimensions(), (w, h));
+        for (x, y, p) in out.enumerate_pixels() {
+            if !mask.get(x, y) {
+                prop_assert_eq!(p, img.get_pixel(x, y));
+            }
+        }
+    }
+
+    #[test]
+    fn crop_equals_original_when_one_crop_covers_everything(w in 8u32..60, h in 8u32..60, seed in any::<u64>()) {
+        // A hole in the middle: its context margin (at least 32 pixels) reaches every edge of
+        // an image under 64 pixels wide.
+        let mask = rect_mask(w, h, (w / 2 - 2, h / 2 - 2, w / 2 + 2, h / 2 + 2));
+        let regions = partialconv::inpainter::crop_regions(w, h, &mask.component_boxes());
+        prop_assert_eq!(regions.len(), 1);
+        prop_assert_eq!((regions[0].width(), regions[0].height()), (w, h));
+        let img = DynamicImage::ImageRgb8(image_from(w, h, seed));
+        let a = inpainter().predict(&img, &mask, Fill::Crop).unwrap();
+        let b = inpainter().predict(&img, &mask, Fill::Original).unwrap();
+        prop_assert_eq!(a.to_rgb8(), b.to_rgb8());
+    }
+}
+
+#[test]
+fn batch_matches_single_predictions() {
+    let items: Vec<(DynamicImage, HoleMask)> = (0..3)
+        .map(|i| {
+            (
+                DynamicImage::ImageRgb8(image_from(33, 21, i)),
+                rect_mask(33, 21, (3 + i as u32, 4, 12, 15)),
+            )
+        })
+        .collect();
+    let batch = inpainter().predict_batch(&items, Fill::Original).unwrap();
+    for ((img, mask), b) in items.iter().zip(&batch) {
+        let single = inpainter().predict(img, mask, Fill::Original).unwrap();
+        let (s, b) = (single.to_rgb8(), b.to_rgb8());
+        let max = s
+            .as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap();
+        assert!(max <= 1, "batched result differs by {max} levels");
+    }
+}
+
+#[test]
+fn auto_is_a_pure_function_of_size_holes_and_model() {
+    use partialconv::inpainter::choose;
+    use partialconv::masks::Rect;
+    let small_hole = [Rect {
+        x0: 1000,
+        y0: 1000,
+        x1: 1400,
+        y1: 1400,
+    }];
+    assert_eq!(choose(4000, 3000, &small_hole, 512), Fill::Crop);
+    let big_hole = [Rect {
+        x0: 0,
+        y0: 0,
+        x1: 3000,
+        y1: 2500,
+    }];
+    assert_eq!(
+        choose(4000, 3000, &big_hole, 512),
+        Fill::Resize { long_side: 512 }
+    );
+    assert_eq!(
+        choose(
+            500,
+            400,
+            &[Rect {
+                x0: 0,
+                y0: 0,
+                x1: 400,
+                y1: 300
+            }],
+            512
+        ),
+        Fill::Original
+    );
+    assert_eq!(
+        choose(4000, 3000, &small_hole, 512),
+        choose(4000, 3000, &small_hole, 512)
+    );
+}
