@@ -87,8 +87,12 @@ impl TrainConfig {
             run_dir: run_dir.into(),
             out,
             base: None,
+            // Trained from scratch, the `Scaled` convention keeps activations at a plain
+            // convolution's scale; `Unscaled` divides by up to in·k² and learns many times
+            // slower (examples/overfit.rs shows it).
             model: PConvUNetConfig {
                 width: 32,
+                convention: crate::Convention::Scaled,
                 ..Default::default()
             },
             steps: 10_000,
@@ -356,6 +360,8 @@ pub struct FineTuner {
     skipped: usize,
     step: u64,
     history: Vec<(u64, f64, Option<f64>)>,
+    /// Step and elapsed time after the warm-up, for the time budget.
+    warmup: Option<(u64, Duration)>,
 }
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -441,6 +447,7 @@ impl FineTuner {
             skipped,
             step,
             history: Vec::new(),
+            warmup: None,
         })
     }
 
@@ -534,20 +541,8 @@ impl FineTuner {
                 val: val.clone(),
             };
             self.record(&mut log, &progress)?;
-            if self.cfg.time_budget.is_some_and(|b| start.elapsed() >= b) {
-                self.cfg.steps = self.step; // out of time: finish here, model saved below
-            }
-            if let (Some(budget), 50) = (self.cfg.time_budget, self.step - first_step) {
-                // Validation and checkpoints take time too; keep a tenth of the budget for them.
-                let fits = first_step + (0.9 * budget.as_secs_f64() / per_step) as u64;
-                if fits < self.cfg.steps {
-                    let stage2_fraction = self.cfg.stage2_at as f64 / self.cfg.steps as f64;
-                    self.cfg.steps = fits.max(self.step + 1);
-                    self.cfg.stage2_at = self
-                        .cfg
-                        .stage2_at
-                        .min((stage2_fraction * fits as f64) as u64);
-                }
+            if let Some(budget) = self.cfg.time_budget {
+                self.fit_to_budget(budget, start.elapsed(), first_step);
             }
             let stop = callback(&progress).is_break() || INTERRUPTED.load(Ordering::SeqCst);
             if stop || self.step % self.cfg.checkpoint_every == 0 {
@@ -571,6 +566,37 @@ impl FineTuner {
             train_images: self.train.len(),
             val_images: self.val.len(),
         })
+    }
+
+    /// Cuts the step count to what fits in `budget`, from the pace measured after a 10-step
+    /// warm-up (cuDNN autotuning and first allocations are slow), re-estimated every 100
+    /// steps. Stage 2 keeps its share of the run.
+    fn fit_to_budget(&mut self, budget: Duration, elapsed: Duration, first_step: u64) {
+        let done = self.step - first_step;
+        if done == 10 {
+            self.warmup = Some((self.step, elapsed));
+        }
+        if elapsed >= budget {
+            self.cfg.steps = self.step; // out of time: finish here; the model is saved after
+            return;
+        }
+        let Some((warm_step, warm_time)) = self.warmup else {
+            return;
+        };
+        if done % 100 != 0 {
+            return;
+        }
+        let per_step = (elapsed - warm_time).as_secs_f64() / (self.step - warm_step) as f64;
+        // Validation and checkpoints take time too: plan for 95% of what is left.
+        let fits = self.step + (0.95 * (budget - elapsed).as_secs_f64() / per_step) as u64;
+        if fits < self.cfg.steps {
+            let stage2_fraction = self.cfg.stage2_at as f64 / self.cfg.steps as f64;
+            self.cfg.steps = fits.max(self.step + 1);
+            self.cfg.stage2_at = self
+                .cfg
+                .stage2_at
+                .min((stage2_fraction * fits as f64) as u64);
+        }
     }
 
     /// Validation metrics per bucket, and a sample grid PNG in the run folder.

@@ -1,35 +1,16 @@
 //! `partialconv import` on checkpoints of the public PyTorch reimplementation, written by
 //! `tests/reference/make_checkpoints.py` with real torch in both `torch.save` formats, and on
-//! malicious pickles. The reference directory is `$PARTIALCONV_REFERENCE_DIR` (what `make
-//! test` fills) or, when unset, generated here with the repository's Python environment.
+//! malicious pickles.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
+
+use common::reference_dir;
 
 use partialconv::{checkpoint, Mask, Model};
 use tch::{Device, Kind, Tensor};
-
-fn reference_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("PARTIALCONV_REFERENCE_DIR") {
-            return PathBuf::from(dir);
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reference");
-        std::fs::create_dir_all(&dir).unwrap();
-        let python = std::env::var("PARTIALCONV_PYTHON")
-            .unwrap_or_else(|_| root.join(".venv/bin/python").display().to_string());
-        let status = Command::new(&python)
-            .arg(root.join("tests/reference/make_checkpoints.py"))
-            .arg(&dir)
-            .status()
-            .unwrap_or_else(|e| panic!("running {python}: {e} (run `make setup` first)"));
-        assert!(status.success(), "make_checkpoints.py failed");
-        dir
-    })
-}
 
 fn expected() -> std::collections::HashMap<String, Tensor> {
     Tensor::read_safetensors(reference_dir().join("naoto_expected.safetensors"))
