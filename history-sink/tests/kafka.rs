@@ -151,7 +151,7 @@ async fn end_to_end_with_dead_letters() {
         2
     );
     let rows: Vec<(String, i32, i64, Vec<u8>, String)> = sqlx::query_as(
-        "SELECT topic, kafka_partition, kafka_offset, raw_payload, error \
+        "SELECT CAST(topic AS CHAR), kafka_partition, kafka_offset, raw_payload, CAST(error AS CHAR) \
          FROM history_dead_letters ORDER BY kafka_offset",
     )
     .fetch_all(
@@ -241,10 +241,18 @@ async fn broker_outage_loses_nothing() {
         spooled,
         "events went to the spool while the broker was down"
     );
-    tokio::time::timeout(Duration::from_secs(60), sink.flush())
-        .await
-        .expect("spool drained within 60 s")
-        .unwrap();
+    if sink.flush_timeout(Duration::from_secs(60)).await.is_err() {
+        let log = tansu.log();
+        let first_errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN") || l.contains("panic"))
+            .take(30)
+            .collect();
+        panic!(
+            "spool not drained within 60 s; tansu's first errors:\n{}",
+            first_errors.join("\n")
+        );
+    }
     assert_rows(&db, &ids, Duration::from_secs(90)).await;
     svc.stop().await;
 }
@@ -318,15 +326,11 @@ async fn producer_crash_replays_spool() {
     let svc = Service::start(&tansu.brokers(), &db.url());
     // Every acknowledged event is stored; at most one more (spooled as the child died,
     // before it could write the id down) may also be there.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let stored = loop {
-        let n = db.event_count().await;
-        if n >= acked.len() as i64 || Instant::now() > deadline {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            break db.event_count().await;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let sql = "SELECT COUNT(*) FROM history_events";
+    db.wait_count(sql, acked.len() as i64, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stored = db.event_count().await;
     assert!(
         stored == acked.len() as i64 || stored == acked.len() as i64 + 1,
         "stored {stored}, acknowledged {}",

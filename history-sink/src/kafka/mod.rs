@@ -5,12 +5,19 @@
 //! spool (fsynced) instead, and from then on new events queue behind it in the spool until
 //! a background task has sent every spooled event, in order. Either way `record` returns
 //! `Ok` only once the event is durable: acknowledged by the broker, or on local disk.
+//!
+//! After any failed send the producer is replaced by a fresh one. An idempotent producer
+//! whose messages timed out bumps its epoch or asks for a new producer id, and a broker that
+//! restarted meanwhile may not know that state: tansu 0.6 on `sqlite://` storage even
+//! panics its storage task on such a produce request. A fresh producer starts with a
+//! clean `InitProducerId` against whatever broker comes back. Order is still kept: spooled
+//! events are only sent by the drain task, one batch at a time.
 
 pub mod spool;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -160,7 +167,9 @@ pub fn is_permanent(e: &KafkaError) -> bool {
 const REJECTED: &str = "spool.rejected";
 
 struct Inner {
-    producer: FutureProducer,
+    /// Replaced when the broker rejects the producer's idempotence state (see `drain_task`).
+    producer: RwLock<Arc<FutureProducer>>,
+    config: KafkaSinkConfig,
     topic: String,
     message_timeout: Duration,
     spool: Arc<Mutex<Spool>>,
@@ -170,6 +179,34 @@ struct Inner {
     wake: Notify,
     /// Group-commit queue for spool appends.
     append_tx: mpsc::Sender<(Vec<u8>, Ack)>,
+}
+
+impl Inner {
+    fn producer(&self) -> Arc<FutureProducer> {
+        self.producer
+            .read()
+            .expect("producer lock poisoned")
+            .clone()
+    }
+
+    /// Replaces `failed` with a new producer (new producer id, sequences from zero), unless
+    /// another task already did. See the module documentation for why.
+    fn reset_producer_after(&self, failed: &Arc<FutureProducer>) {
+        let mut guard = self.producer.write().expect("producer lock poisoned");
+        if !Arc::ptr_eq(&guard, failed) {
+            return;
+        }
+        match create_producer(&self.config) {
+            Ok(p) => {
+                let old = std::mem::replace(&mut *guard, Arc::new(p));
+                drop(guard);
+                tracing::debug!("replaced the Kafka producer after a failed send");
+                // Dropping a producer purges its queue and waits briefly; not on a runtime thread.
+                tokio::task::spawn_blocking(move || drop(old));
+            }
+            Err(e) => tracing::error!(error = %e, "could not create a new Kafka producer"),
+        }
+    }
 }
 
 /// See the module documentation.
@@ -209,7 +246,7 @@ impl KafkaSink {
                 "replaying spooled history events"
             );
         }
-        let producer = create_producer(&cfg)?;
+        let producer = Arc::new(create_producer(&cfg)?);
         // Best effort, bounded: a broker that is down must not stop the sink from starting.
         let ensure = ensure_topic(&cfg.brokers, &cfg.topic, cfg.partitions);
         match tokio::time::timeout(cfg.message_timeout, ensure).await {
@@ -223,7 +260,8 @@ impl KafkaSink {
         }
         let (append_tx, append_rx) = mpsc::channel(16_384);
         let inner = Arc::new(Inner {
-            producer,
+            producer: RwLock::new(producer),
+            config: cfg.clone(),
             topic: cfg.topic,
             message_timeout: cfg.message_timeout,
             spool: Arc::new(Mutex::new(spool)),
@@ -247,7 +285,7 @@ impl KafkaSink {
     pub async fn flush_timeout(&self, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if !self.is_spooling() && self.inner.producer.in_flight_count() == 0 {
+            if !self.is_spooling() && self.inner.producer().in_flight_count() == 0 {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -333,8 +371,8 @@ async fn drain_task(inner: Arc<Inner>) {
             continue;
         }
         match drain_once(&inner).await {
-            Ok(true) => backoff = Duration::from_millis(100),
-            Ok(false) => {
+            Ok(None) => backoff = Duration::from_millis(100),
+            Ok(Some(_)) => {
                 tracing::debug!(?backoff, "broker still unreachable; spool retained");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -347,8 +385,8 @@ async fn drain_task(inner: Arc<Inner>) {
     }
 }
 
-/// Sends one batch; `Ok(true)` if it all went through.
-async fn drain_once(inner: &Arc<Inner>) -> Result<bool> {
+/// Sends one batch; `Ok(None)` if it all went through, else the first send error.
+async fn drain_once(inner: &Arc<Inner>) -> Result<Option<KafkaError>> {
     let spool = inner.spool.clone();
     let records = tokio::task::spawn_blocking(move || {
         spool
@@ -359,13 +397,14 @@ async fn drain_once(inner: &Arc<Inner>) -> Result<bool> {
     .await
     .expect("spool read task panicked")?;
     if records.is_empty() {
-        return Ok(true);
+        return Ok(None);
     }
+    let producer = inner.producer();
     let sends = records.iter().map(|r| {
         let key = serde_json::from_slice::<KeyOnly<'_>>(&r.payload)
             .map(|k| k.user_id.into_owned())
             .unwrap_or_default();
-        let producer = &inner.producer;
+        let producer = producer.clone();
         let topic = &inner.topic;
         async move {
             producer
@@ -388,10 +427,14 @@ async fn drain_once(inner: &Arc<Inner>) -> Result<bool> {
             Err(e) => is_permanent(e),
         })
         .count();
-    let all = ok == records.len();
-    if let Some(Err(e)) = results.get(ok) {
-        tracing::warn!(error = %e, sent = ok, pending = records.len() - ok, "spool drain interrupted");
-    }
+    let first_error = match results.get(ok) {
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, sent = ok, pending = records.len() - ok, "spool drain interrupted");
+            inner.reset_producer_after(&producer);
+            Some(e.clone())
+        }
+        _ => None,
+    };
     let rejected: Vec<Vec<u8>> = records[..ok]
         .iter()
         .zip(&results)
@@ -432,7 +475,7 @@ async fn drain_once(inner: &Arc<Inner>) -> Result<bool> {
         .await
         .expect("spool advance task panicked")?;
     }
-    Ok(all)
+    Ok(first_error)
 }
 
 #[async_trait]
@@ -447,9 +490,8 @@ impl HistorySink for KafkaSink {
         if self.is_spooling() {
             return self.spool(payload).await;
         }
-        let res = self
-            .inner
-            .producer
+        let producer = self.inner.producer();
+        let res = producer
             .send(
                 FutureRecord::to(&self.inner.topic)
                     .key(&event.user_id)
@@ -462,6 +504,7 @@ impl HistorySink for KafkaSink {
             Err((e, _)) if is_permanent(&e) => Err(e.into()),
             Err((e, _)) => {
                 tracing::warn!(error = %e, event_id = %event.event_id, "broker unavailable; spooling event");
+                self.inner.reset_producer_after(&producer);
                 self.spool(payload).await
             }
         }
