@@ -1,0 +1,167 @@
+"""Type stubs for the native module; import from `partialconv` itself."""
+
+import os
+import pathlib
+from typing import Callable, Literal, Sequence, TypedDict, Union
+
+import numpy as np
+import numpy.typing as npt
+
+try:
+    from PIL.Image import Image as _PILImage
+except ImportError:  # pillow is optional
+    _PILImage = object  # type: ignore[misc,assignment]
+
+__version__: str
+
+StrPath = Union[str, os.PathLike[str]]
+ImageLike = Union[npt.NDArray[np.uint8], npt.NDArray[np.uint16], _PILImage, StrPath]
+"""uint8 H×W×3 (RGB) or H×W×4 (RGBA); also H×W grey, H×W×2 grey+alpha and uint16. Or a
+PIL image, or the path of an image file (decoded as the CLI decodes it)."""
+MaskLike = Union[npt.NDArray[np.bool_], npt.NDArray[np.uint8], _PILImage, StrPath]
+"""bool H×W (True = hole) or uint8 H×W (≥ 128 = hole); a PIL image or a file: luma ≥ 128
+is a hole, or, for an image with a not fully opaque alpha channel, alpha ≥ 1."""
+Strategy = Union[Literal["auto", "original", "resize", "crop"], str]
+"""`"auto"`, `"original"`, `"resize"` (long side 512), `"resize:N"` or `"crop"`."""
+Device = Union[Literal["cpu", "cuda"], str]
+"""`"cpu"`, `"cuda"` or `"cuda:N"`."""
+
+class Inpainter:
+    """A model ready to fill holes. Safe to share between threads; the GIL is released
+    while it computes."""
+
+    @staticmethod
+    def load(path: StrPath | None = None, device: Device = "cpu") -> Inpainter:
+        """Loads the safetensors model at `path`, else `$PARTIALCONV_MODEL`, else the model
+        bundled into the build.
+
+        Raises FileNotFoundError (no such file), ValueError (not a model, bad device) or
+        RuntimeError (no model bundled and none given)."""
+    @property
+    def device(self) -> str:
+        """`"cpu"` or `"cuda:N"`."""
+    def predict(
+        self,
+        image: ImageLike,
+        mask: MaskLike,
+        strategy: Strategy = "auto",
+        resize_mask: bool = False,
+    ) -> npt.NDArray[np.uint8]:
+        """The image with its holes filled, uint8 H×W×3, or H×W×4 when the input has alpha
+        (kept as it was). Pixels outside the holes are returned unchanged.
+
+        `resize_mask` scales a mask of another size to the image (the CLI's
+        `--resize-mask`); otherwise a size mismatch raises ValueError."""
+    def predict_batch(
+        self,
+        images: Sequence[ImageLike],
+        masks: Sequence[MaskLike],
+        strategy: Strategy = "auto",
+    ) -> list[npt.NDArray[np.uint8]]:
+        """`predict` for each pair; same-size items under `original` share one forward
+        pass. The results equal `predict`'s."""
+
+class LossTerms(TypedDict):
+    valid: float
+    hole: float
+    perceptual: float
+    style: float
+    tv: float
+
+class BucketMetrics(TypedDict):
+    hole_ratio: tuple[float, float]
+    psnr: float
+    ssim: float
+    l1: float
+    count: int
+
+class Metrics(TypedDict):
+    mean_psnr: float
+    buckets: list[BucketMetrics]
+
+class Progress:
+    """What the `FineTuner.run` callback receives after each step."""
+
+    step: int
+    """Steps done."""
+    total: int
+    """Steps the run will do."""
+    loss: float
+    """Total loss of this step."""
+    terms: LossTerms
+    stage: int
+    """1, or 2 once the encoder's batch norm is frozen."""
+    elapsed: float
+    """Seconds since `run` started."""
+    eta: float
+    """Estimated seconds left."""
+    metrics: Metrics | None
+    """Validation metrics per hole-ratio bucket, on steps that ran validation."""
+
+class TrainSummary(TypedDict):
+    steps: int
+    final_loss: float
+    wall_s: float
+    stopped: bool
+    """True when the callback returned False."""
+    metrics: Metrics | None
+    """The last validation's."""
+
+class FineTuner:
+    """Trains a model on a folder of photos, from scratch or from `base` (the CLI's
+    `partialconv train`; every option is the flag of the same name, and None keeps the
+    CLI's default). Loads the photos, and resumes from `run_dir`'s checkpoint if there is
+    one."""
+
+    def __init__(
+        self,
+        data: StrPath,
+        out: StrPath,
+        *,
+        base: StrPath | None = None,
+        val_data: StrPath | None = None,
+        masks: StrPath | None = None,
+        run_dir: StrPath | None = None,
+        steps: int | None = None,
+        batch_size: int | None = None,
+        train_size: int | None = None,
+        photo_side: int | None = None,
+        width: int | None = None,
+        layer_size: int | None = None,
+        lr: float | None = None,
+        lr_stage2: float | None = None,
+        stage2_at: int | None = None,
+        vgg: StrPath | None = None,
+        checkpoint_every: int | None = None,
+        val_every: int | None = None,
+        val_size: int | None = None,
+        max_val_images: int | None = None,
+        seed: int | None = None,
+        device: Device | None = None,
+        half: bool = False,
+        loader_threads: int | None = None,
+        max_minutes: float | None = None,
+        style_weight: float | None = None,
+        perceptual_weight: float | None = None,
+    ) -> None: ...
+    @property
+    def out(self) -> pathlib.Path:
+        """Where the trained model is written."""
+    @property
+    def run_dir(self) -> pathlib.Path:
+        """Checkpoints, log.csv, progress.png, sample grids; a new FineTuner with the same
+        run_dir resumes from its checkpoint."""
+    @property
+    def skipped_images(self) -> int: ...
+    @property
+    def step(self) -> int: ...
+    def run(self, callback: Callable[[Progress], bool | None] | None = None) -> TrainSummary:
+        """Trains to `steps` and writes the model to `out`.
+
+        `callback(progress)` runs after every step; returning False stops early, with a
+        checkpoint saved. An exception in the callback (or Ctrl-C) saves a checkpoint and
+        propagates."""
+
+def import_checkpoint(src: StrPath, dst: StrPath, half: bool = False) -> None:
+    """Converts a PyTorch checkpoint of the public reimplementation to safetensors (the
+    CLI's `partialconv import`)."""

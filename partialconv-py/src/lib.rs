@@ -1,0 +1,72 @@
+//! `partialconv._partialconv`: the Python face of the `partialconv` crate.
+//!
+//! A thin layer: arguments become core types in [`convert`], the core does the work with
+//! the GIL released, and every core error becomes a Python exception in [`py_err`].
+
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+use partialconv::Error;
+
+mod convert;
+mod inpainter;
+mod train;
+
+/// The one place core errors cross into Python. The message is the one the CLI prints after
+/// `error: `. The match is exhaustive so that a new variant has to pick its exception here.
+pub(crate) fn py_err(e: Error) -> PyErr {
+    let msg = e.to_string();
+    match &e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            PyFileNotFoundError::new_err(msg)
+        }
+        // Permission denied, a full disk, ...: Python reports those as OSError too.
+        Error::Io { .. } => PyOSError::new_err(msg),
+        Error::Image { .. }
+        | Error::TooLarge { .. }
+        | Error::MaskSize { .. }
+        | Error::Checkpoint { .. }
+        | Error::MissingTensor { .. }
+        | Error::ShapeMismatch { .. }
+        | Error::Pth { .. }
+        | Error::Device(..)
+        | Error::InvalidArgument(_)
+        | Error::Data(_) => PyValueError::new_err(msg),
+        // Not the arguments' fault: the build has no model, or libtorch failed.
+        Error::NoModel | Error::Interrupted { .. } | Error::Torch(_) => {
+            PyRuntimeError::new_err(msg)
+        }
+    }
+}
+
+/// Converts a PyTorch checkpoint of the public reimplementation to safetensors (the CLI's
+/// `partialconv import`).
+#[pyfunction]
+#[pyo3(signature = (src, dst, half = false))]
+fn import_checkpoint(
+    py: Python<'_>,
+    src: std::path::PathBuf,
+    dst: std::path::PathBuf,
+    half: bool,
+) -> PyResult<()> {
+    py.detach(|| {
+        let model = partialconv::checkpoint::import_pth(&src)?;
+        let storage = if half {
+            partialconv::Storage::F16
+        } else {
+            partialconv::Storage::F32
+        };
+        model.save(&dst, storage)
+    })
+    .map_err(py_err)
+}
+
+#[pymodule]
+fn _partialconv(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<inpainter::Inpainter>()?;
+    m.add_class::<train::FineTuner>()?;
+    m.add_class::<train::Progress>()?;
+    m.add_function(wrap_pyfunction!(import_checkpoint, m)?)?;
+    Ok(())
+}
