@@ -1,0 +1,210 @@
+//! The server's one error type. Every failure becomes JSON `{"error", "code"}` with a status
+//! that says whose fault it was; internal details stay in the log, never in the response.
+
+use std::sync::Arc;
+
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// Seconds a client is told to wait after a 503.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The image or mask is unusable: not an image, truncated, too many pixels, sizes differ.
+    #[error(transparent)]
+    Image(partialconv::Error),
+
+    /// A malformed request: missing field, bad value, bad data URL.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+
+    /// The body is not the content type this endpoint reads.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+
+    /// The body exceeds `--max-upload-mb`.
+    #[error("request body exceeds the limit of {limit_mb} MB")]
+    BodyTooLarge { limit_mb: f64 },
+
+    #[error("not found")]
+    NotFound,
+
+    /// The inference queue is full; the client should retry later.
+    #[error("the server is busy; retry later")]
+    Overloaded,
+
+    /// The job did not finish within the request timeout.
+    #[error("inference did not finish within {0} s")]
+    Timeout(u64),
+
+    /// The model is not loaded (yet, or it failed to load).
+    #[error("model not ready: {0}")]
+    NotReady(String),
+
+    /// No configured history sink can answer queries.
+    #[error("no history sink that can answer queries is configured")]
+    HistoryUnavailable,
+
+    /// An error answer from the model tier (`--remote-model`), passed on as it came.
+    #[error("{message}")]
+    Remote {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+
+    /// Our fault. The message is logged; the client sees a generic one.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn missing(field: &str) -> Self {
+        Self::bad_request("missing_field", format!("missing field `{field}`"))
+    }
+
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::Internal(e.to_string())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        use partialconv::Error as E;
+        match self {
+            Self::Image(E::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Image(E::MaskSize { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Image(e) if e.is_bad_input() => StatusCode::BAD_REQUEST,
+            Self::Image(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Overloaded | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::HistoryUnavailable => StatusCode::NOT_IMPLEMENTED,
+            Self::Remote { status, .. } => *status,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable, machine-readable name for the failure (documented in docs/http-api.md).
+    pub fn code(&self) -> &str {
+        use partialconv::Error as E;
+        match self {
+            Self::Image(E::TooLarge { .. }) => "image_too_large",
+            Self::Image(E::MaskSize { .. }) => "mask_size_mismatch",
+            Self::Image(E::InvalidArgument(_)) => "bad_argument",
+            Self::Image(e) if e.is_bad_input() => "bad_image",
+            Self::Image(_) => "internal",
+            Self::BadRequest { code, .. } => *code,
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::NotFound => "not_found",
+            Self::Overloaded => "overloaded",
+            Self::Timeout(_) => "timeout",
+            Self::NotReady(_) => "not_ready",
+            Self::HistoryUnavailable => "history_unavailable",
+            Self::Remote { code, .. } => code.as_str(),
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<partialconv::Error> for AppError {
+    fn from(e: partialconv::Error) -> Self {
+        Self::Image(e)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = if status.is_server_error() && !matches!(self, Self::Remote { .. }) {
+            match &self {
+                // These 5xx messages are safe and useful to show.
+                Self::Overloaded | Self::Timeout(_) | Self::HistoryUnavailable => self.to_string(),
+                Self::NotReady(_) => "the model is not loaded yet".to_owned(),
+                _ => "something went wrong".to_owned(),
+            }
+        } else if let Self::Image(partialconv::Error::MaskSize {
+            image_w,
+            image_h,
+            mask_w,
+            mask_h,
+        }) = &self
+        {
+            // The core's message suggests a CLI flag; an HTTP client cannot use it.
+            format!("mask is {mask_w}×{mask_h} but the image is {image_w}×{image_h}")
+        } else {
+            self.to_string()
+        };
+        let body = Json(serde_json::json!({ "error": message, "code": self.code() }));
+        let mut response = (status, body).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        // The real error rides along for `log_app_errors`, which logs it once.
+        response.extensions_mut().insert(Arc::new(self));
+        response
+    }
+}
+
+/// Extractor rejections keep their status but speak the same JSON as every other error.
+fn from_rejection(status: StatusCode, text: String, limit_mb: Option<f64>) -> AppError {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::BodyTooLarge {
+            limit_mb: limit_mb.unwrap_or(0.0),
+        },
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => AppError::UnsupportedMediaType(text),
+        s if s.is_client_error() => AppError::bad_request("bad_request", text),
+        _ => AppError::Internal(text),
+    }
+}
+
+impl From<JsonRejection> for AppError {
+    fn from(r: JsonRejection) -> Self {
+        from_rejection(r.status(), r.body_text(), None)
+    }
+}
+
+impl From<MultipartRejection> for AppError {
+    fn from(r: MultipartRejection) -> Self {
+        // Missing or non-multipart content type: the client sent the wrong kind of body.
+        if r.status() == StatusCode::BAD_REQUEST {
+            return AppError::UnsupportedMediaType(r.body_text());
+        }
+        from_rejection(r.status(), r.body_text(), None)
+    }
+}
+
+impl From<MultipartError> for AppError {
+    fn from(e: MultipartError) -> Self {
+        from_rejection(e.status(), e.body_text(), None)
+    }
+}
+
+impl From<QueryRejection> for AppError {
+    fn from(r: QueryRejection) -> Self {
+        AppError::bad_request("bad_query", r.body_text())
+    }
+}
+
+/// Fills in the configured limit, which rejections do not know.
+pub fn with_limit(e: AppError, limit_mb: f64) -> AppError {
+    match e {
+        AppError::BodyTooLarge { .. } => AppError::BodyTooLarge { limit_mb },
+        e => e,
+    }
+}

@@ -1,0 +1,93 @@
+//! `server-example`: partialconv over HTTP, with a web page at `/` and user history.
+//!
+//! [`app`] builds the whole router from an [`AppState`]; `main.rs` only parses flags, binds
+//! and serves. See `docs/http-api.md` for the API.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod pool;
+pub mod routes;
+pub mod service;
+pub mod state;
+pub mod web;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+pub use config::Config;
+pub use error::AppError;
+pub use state::{AppState, StartupError};
+
+/// Response headers a browser page on another origin may read.
+const EXPOSED: &[&str] = &[
+    "x-event-id",
+    "x-inference-ms",
+    "x-decode-ms",
+    "x-encode-ms",
+    "x-batch-size",
+    "x-strategy",
+    "x-hole-ratio",
+    "x-result-url",
+];
+
+/// Every route, in one place.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.limits.max_upload_bytes;
+    let cors = cors_layer(&state.limits.cors_origins);
+    let router = Router::new()
+        .route("/", get(web::index))
+        .route("/app.js", get(web::script))
+        .route("/app.css", get(web::style))
+        .route("/api/v1/inpaint", post(routes::inpaint))
+        .route("/reconstruct", post(routes::reconstruct))
+        .route("/images/{key}", get(routes::image))
+        .route("/api/v1/history", get(routes::history))
+        .route("/api/v1/openapi.json", get(routes::openapi))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), routes::track))
+        .layer(TraceLayer::new_for_http());
+    let router = match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(state)
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE])
+            .expose_headers(
+                EXPOSED
+                    .iter()
+                    .copied()
+                    .map(HeaderName::from_static)
+                    .collect::<Vec<_>>(),
+            ),
+    )
+}

@@ -1,0 +1,60 @@
+use clap::Parser;
+use server_example::{app, AppState, Config};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn")),
+        )
+        .init();
+    let cfg = Config::parse();
+    match run(cfg).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("server-example: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let state = AppState::from_config(&cfg).await?;
+    let history = state.history.clone();
+    let listener = tokio::net::TcpListener::bind(&cfg.bind)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
+    let addr = listener.local_addr()?;
+    // Printed on stdout, so scripts (and `make run`) can pick the URL up.
+    println!("server-example listening on http://{addr}/");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    // Events may still sit in a Kafka spool; give them a chance to leave.
+    if let Some(h) = history {
+        if let Err(e) = h.flush().await {
+            tracing::warn!("flushing history on shutdown: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM from a container runtime or service manager.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,344 @@
+//! Thin handlers: parse the request, call [`service`](crate::service), shape the answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{MatchedPath, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use bytes::Bytes;
+use history_sink::{HistoryError, HistoryQuery};
+use partialconv::Strategy;
+use serde::Deserialize;
+
+use crate::error::{with_limit, AppError};
+use crate::pool::OutputFormat;
+use crate::service::{self, image_url, InpaintRequest};
+use crate::state::AppState;
+
+/// Set by a web tier calling us as its model tier (`--remote-model`): it records the event.
+pub const NO_HISTORY_HEADER: &str = "x-partialconv-no-history";
+
+fn parse_strategy(s: Option<&str>) -> Result<Strategy, AppError> {
+    match s.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(Strategy::Auto),
+        Some(s) => s.parse().map_err(AppError::Image),
+    }
+}
+
+fn parse_format(s: Option<&str>) -> Result<OutputFormat, AppError> {
+    match s.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(OutputFormat::Png),
+        Some(s) => s.parse(),
+    }
+}
+
+fn text(bytes: Bytes, field: &str) -> Result<String, AppError> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| AppError::bad_request("bad_argument", format!("`{field}` is not UTF-8")))
+}
+
+pub async fn inpaint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, AppError> {
+    let limit = state.limits.max_upload_mb;
+    let mut multipart = multipart?;
+    let (mut image, mut mask, mut user_id, mut strategy, mut format) =
+        (None, None, None, None, None);
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| with_limit(e.into(), limit))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| with_limit(e.into(), limit))?;
+        match name.as_str() {
+            "image" => image = Some(bytes),
+            "mask" => mask = Some(bytes),
+            "user_id" => user_id = Some(text(bytes, "user_id")?),
+            "strategy" => strategy = Some(text(bytes, "strategy")?),
+            "format" => format = Some(text(bytes, "format")?),
+            _ => {} // unknown fields are ignored, for forward compatibility
+        }
+    }
+    let done = service::inpaint(
+        &state,
+        InpaintRequest {
+            image: image.ok_or_else(|| AppError::missing("image"))?,
+            mask: mask.ok_or_else(|| AppError::missing("mask"))?,
+            user_id,
+            strategy: parse_strategy(strategy.as_deref())?,
+            format: parse_format(format.as_deref())?,
+            record: !headers.contains_key(NO_HISTORY_HEADER),
+        },
+    )
+    .await?;
+    let out = &done.output;
+    let mut extra = vec![
+        ("x-event-id", done.event_id.to_string()),
+        ("x-inference-ms", format!("{:.1}", out.inference_ms)),
+        ("x-decode-ms", format!("{:.1}", out.decode_ms)),
+        ("x-encode-ms", format!("{:.1}", out.encode_ms)),
+        ("x-batch-size", out.batch_size.to_string()),
+        ("x-strategy", out.strategy.clone()),
+        ("x-hole-ratio", format!("{:.6}", out.hole_ratio)),
+    ];
+    if let Some(key) = &done.result_key {
+        extra.push(("x-result-url", format!("/images/{key}")));
+    }
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, out.content_type),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        out.bytes.clone(),
+    )
+        .into_response();
+    for (name, value) in extra {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), v);
+        }
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReconstructRequest {
+    original: Option<String>,
+    mask: Option<String>,
+    user_id: Option<String>,
+    strategy: Option<String>,
+    format: Option<String>,
+}
+
+/// `data:[<type>][;base64],<payload>` → bytes. Only base64 payloads carry images.
+fn decode_data_url(url: &str, field: &str) -> Result<Bytes, AppError> {
+    let bad = |why: &str| AppError::bad_request("bad_data_url", format!("`{field}`: {why}"));
+    let rest = url
+        .strip_prefix("data:")
+        .ok_or_else(|| bad("expected a data: URL"))?;
+    let (meta, payload) = rest
+        .split_once(',')
+        .ok_or_else(|| bad("no `,` in the data URL"))?;
+    if !meta.ends_with(";base64") {
+        return Err(bad("expected a ;base64 data URL"));
+    }
+    let payload: String = payload.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(payload.as_bytes())
+        .map(Bytes::from)
+        .map_err(|e| bad(&format!("bad base64 ({e})")))
+}
+
+/// The seed's contract, kept for its clients. Unlike the seed, every request gets its own
+/// event id and result key, the aspect ratio is kept, and the result is composited.
+pub async fn reconstruct(
+    State(state): State<AppState>,
+    body: Result<Json<ReconstructRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let Json(req) = body.map_err(|e| with_limit(e.into(), state.limits.max_upload_mb))?;
+    let original = req.original.ok_or_else(|| AppError::missing("original"))?;
+    let mask = req.mask.ok_or_else(|| AppError::missing("mask"))?;
+    let format = parse_format(req.format.as_deref())?;
+    let done = service::inpaint(
+        &state,
+        InpaintRequest {
+            image: decode_data_url(&original, "original")?,
+            mask: decode_data_url(&mask, "mask")?,
+            user_id: req.user_id,
+            strategy: parse_strategy(req.strategy.as_deref())?,
+            format,
+            record: true,
+        },
+    )
+    .await?;
+    let out = &done.output;
+    let result_url = match &done.result_key {
+        Some(key) => format!("/images/{key}"),
+        // No image store (`--images none`): the result travels in the answer.
+        None => format!(
+            "data:{};base64,{}",
+            out.content_type,
+            base64::engine::general_purpose::STANDARD.encode(&out.bytes)
+        ),
+    };
+    Ok(Json(serde_json::json!({
+        "result_url": result_url,
+        "event_id": done.event_id,
+        "width": out.width,
+        "height": out.height,
+        "strategy": out.strategy,
+        "inference_ms": out.inference_ms,
+    })))
+}
+
+pub async fn image(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Response, AppError> {
+    let store = state.images.as_ref().ok_or(AppError::NotFound)?;
+    match store.get(&key).await {
+        Ok(Some((bytes, content_type))) => Ok((
+            [
+                (header::CONTENT_TYPE, content_type),
+                // Content-addressed: a key's bytes never change.
+                (
+                    header::CACHE_CONTROL,
+                    "public, max-age=31536000, immutable".to_owned(),
+                ),
+            ],
+            bytes,
+        )
+            .into_response()),
+        Ok(None) => Err(AppError::NotFound),
+        Err(HistoryError::InvalidKey(_)) => Err(AppError::bad_request(
+            "bad_key",
+            "image keys are <sha256 hex>.<png|jpg|webp>",
+        )),
+        Err(e) => Err(AppError::internal(e)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HistoryParams {
+    user_id: Option<String>,
+    limit: Option<u32>,
+    before: Option<String>,
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let Query(p) = params?;
+    let sink = state
+        .history
+        .as_ref()
+        .filter(|s| s.can_query())
+        .ok_or(AppError::HistoryUnavailable)?;
+    let user_id = service::check_user_id(p.user_id)?.ok_or_else(|| AppError::missing("user_id"))?;
+    let before = p
+        .before
+        .filter(|b| !b.is_empty())
+        .map(|b| {
+            b.parse().map_err(|_| {
+                AppError::bad_request("bad_argument", "`before` is not an event id (UUID)")
+            })
+        })
+        .transpose()?;
+    let query = HistoryQuery {
+        limit: p.limit.unwrap_or(20),
+        before,
+        ..HistoryQuery::for_user(user_id)
+    };
+    let events = sink.query(&query).await.map_err(|e| match e {
+        HistoryError::UnknownCursor(_) => AppError::bad_request("bad_argument", e.to_string()),
+        e => AppError::internal(e),
+    })?;
+    let next_before = (events.len() as u32 == query.effective_limit())
+        .then(|| events.last().map(|e| e.event_id))
+        .flatten();
+    let events: Vec<serde_json::Value> = events
+        .into_iter()
+        .map(|ev| {
+            let urls = [
+                (
+                    "original_url",
+                    ev.original_uri.as_deref().and_then(image_url),
+                ),
+                ("mask_url", ev.mask_uri.as_deref().and_then(image_url)),
+                ("result_url", ev.result_uri.as_deref().and_then(image_url)),
+            ];
+            let mut v = serde_json::to_value(&ev).unwrap_or_default();
+            if let Some(obj) = v.as_object_mut() {
+                for (k, url) in urls {
+                    if let Some(url) = url {
+                        obj.insert(k.to_owned(), url.into());
+                    }
+                }
+            }
+            v
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "events": events, "next_before": next_before }),
+    ))
+}
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+    let info = state.backend.readiness().await?;
+    Ok(Json(
+        serde_json::json!({ "status": "ready", "model": info }),
+    ))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let (depth, capacity, workers) = state.backend.load();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(depth, capacity, workers),
+    )
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../static/openapi.json"),
+    )
+}
+
+pub async fn not_found() -> AppError {
+    AppError::NotFound
+}
+
+pub async fn method_not_allowed() -> Response {
+    let body = Json(serde_json::json!({
+        "error": "method not allowed",
+        "code": "method_not_allowed",
+    }));
+    (StatusCode::METHOD_NOT_ALLOWED, body).into_response()
+}
+
+/// Counts every answer for `/metrics` and logs the real cause of errors, which the client
+/// does not see.
+pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status();
+    if let Some(err) = response.extensions().get::<Arc<AppError>>() {
+        if status.is_server_error() {
+            tracing::error!(%method, %route, %status, "{err}");
+        } else {
+            tracing::info!(%method, %route, %status, "{err}");
+        }
+    }
+    state.metrics.record_request(
+        method.as_str(),
+        &route,
+        status.as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}

@@ -1,0 +1,214 @@
+//! The inpainting use case shared by `/api/v1/inpaint` and `/reconstruct`: check, infer, keep
+//! the images, record the event.
+
+use std::io::Cursor;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use history_sink::event::MAX_USER_ID_LEN;
+use history_sink::{HistoryEvent, StoredImage};
+use image::metadata::Orientation;
+use image::{ImageDecoder, ImageReader};
+use partialconv::Strategy;
+use uuid::Uuid;
+
+use crate::error::AppError;
+use crate::pool::{JobInput, JobOutput, OutputFormat};
+use crate::state::AppState;
+
+/// How long a request waits for the history sink before giving up on the event.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub const ANONYMOUS: &str = "anonymous";
+
+pub struct InpaintRequest {
+    pub image: Bytes,
+    pub mask: Bytes,
+    pub user_id: Option<String>,
+    pub strategy: Strategy,
+    pub format: OutputFormat,
+    /// False for calls from a web tier, which records the event itself.
+    pub record: bool,
+}
+
+pub struct Inpainted {
+    pub output: JobOutput,
+    pub event_id: Uuid,
+    /// Where the result is kept (`/images/{key}`), when an image store is configured.
+    pub result_key: Option<String>,
+}
+
+/// Image size from the header alone (EXIF rotation applied), so that bad input, decompression
+/// bombs and mismatched masks are refused before any pixel is decoded or any job queued.
+pub fn probe(bytes: &[u8], what: &str, max_pixels: u64) -> Result<(u32, u32), AppError> {
+    if bytes.is_empty() {
+        return Err(AppError::bad_request(
+            "empty_field",
+            format!("field `{what}` is empty"),
+        ));
+    }
+    let img_err = |source| {
+        AppError::Image(partialconv::Error::Image {
+            what: what.to_owned(),
+            source,
+        })
+    };
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(AppError::internal)?;
+    if reader.format().is_none() {
+        return Err(AppError::bad_request(
+            "bad_image",
+            format!("{what}: not a PNG, JPEG or WebP image"),
+        ));
+    }
+    let mut decoder = reader.into_decoder().map_err(img_err)?;
+    let (w, h) = decoder.dimensions();
+    if w as u64 * h as u64 > max_pixels {
+        return Err(AppError::Image(partialconv::Error::TooLarge {
+            what: what.to_owned(),
+            width: w,
+            height: h,
+            limit: max_pixels,
+        }));
+    }
+    let rotated = matches!(
+        decoder.orientation().map_err(img_err)?,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    Ok(if rotated { (h, w) } else { (w, h) })
+}
+
+pub fn check_user_id(user_id: Option<String>) -> Result<Option<String>, AppError> {
+    match user_id
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+    {
+        Some(u) if u.len() > MAX_USER_ID_LEN || u.chars().any(char::is_control) => {
+            Err(AppError::bad_request(
+                "bad_argument",
+                format!("user_id must be at most {MAX_USER_ID_LEN} bytes of printable text"),
+            ))
+        }
+        u => Ok(u),
+    }
+}
+
+fn content_type_of(bytes: &[u8]) -> &'static str {
+    match image::guess_format(bytes) {
+        Ok(image::ImageFormat::Jpeg) => "image/jpeg",
+        Ok(image::ImageFormat::WebP) => "image/webp",
+        _ => "image/png",
+    }
+}
+
+pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted, AppError> {
+    let started = Instant::now();
+    let max_pixels = state.limits.max_pixels;
+    let dimensions = probe(&req.image, "image", max_pixels)?;
+    let mask_dimensions = probe(&req.mask, "mask", max_pixels)?;
+    if dimensions != mask_dimensions {
+        return Err(AppError::Image(partialconv::Error::MaskSize {
+            image_w: dimensions.0,
+            image_h: dimensions.1,
+            mask_w: mask_dimensions.0,
+            mask_h: mask_dimensions.1,
+        }));
+    }
+    let user_id = check_user_id(req.user_id)?;
+    let input = JobInput {
+        image: req.image.clone(),
+        mask: req.mask.clone(),
+        strategy: req.strategy,
+        format: req.format,
+        dimensions,
+    };
+    let timeout = state.limits.timeout;
+    let output = tokio::time::timeout(timeout, state.backend.infer(input))
+        .await
+        .map_err(|_| {
+            state.metrics.timed_out.fetch_add(1, Ordering::Relaxed);
+            AppError::Timeout(timeout.as_secs())
+        })??;
+
+    let mut event = HistoryEvent::inpaint(user_id.as_deref().unwrap_or(ANONYMOUS));
+    let event_id = event.event_id;
+    if !req.record {
+        return Ok(Inpainted {
+            output,
+            event_id,
+            result_key: None,
+        });
+    }
+    let stored = match &state.images {
+        Some(store) => {
+            let put = |bytes: Bytes, ct: &'static str| async move {
+                store
+                    .put(bytes, ct)
+                    .await
+                    .map_err(|e| tracing::warn!("storing an image failed: {e}"))
+                    .ok()
+            };
+            let (original, mask, result) = tokio::join!(
+                put(req.image.clone(), content_type_of(&req.image)),
+                put(req.mask.clone(), content_type_of(&req.mask)),
+                put(output.bytes.clone(), output.content_type),
+            );
+            Some((original, mask, result))
+        }
+        None => None,
+    };
+    let uri = |s: &Option<StoredImage>| s.as_ref().map(|s| s.uri.clone());
+    let result_key = stored
+        .as_ref()
+        .and_then(|(_, _, r)| r.as_ref().map(|r| r.key.clone()));
+    if let Some(sink) = &state.history {
+        if let Some((o, m, r)) = &stored {
+            event = event.with_images(uri(o), uri(m), uri(r));
+        }
+        event = event
+            .with_dimensions(output.width, output.height)
+            .with_hole_ratio(output.hole_ratio.clamp(0.0, 1.0))
+            .with_strategy(output.strategy.clone())
+            .with_latency_ms(started.elapsed().as_millis() as u64);
+        if let Some(info) = state.backend.model_info().await {
+            event = event
+                .with_model(info.model_id, info.model_version)
+                .with_device(info.device);
+        }
+        // The user has their result; the event is best effort.
+        match tokio::time::timeout(HISTORY_TIMEOUT, sink.record(&event)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                state
+                    .metrics
+                    .history_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(event_id = %event_id, "recording history failed: {e}");
+            }
+            Err(_) => {
+                state
+                    .metrics
+                    .history_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(event_id = %event_id, "recording history timed out");
+            }
+        }
+    }
+    Ok(Inpainted {
+        output,
+        event_id,
+        result_key,
+    })
+}
+
+/// `/images/{key}` for a store URI (`file:///…/<key>` or `s3://bucket/…/<key>`).
+pub fn image_url(uri: &str) -> Option<String> {
+    let key = uri.rsplit('/').next()?;
+    history_sink::image_store::validate_key(key).ok()?;
+    Some(format!("/images/{key}"))
+}

@@ -1,0 +1,170 @@
+//! Everything a handler can reach, built once from the [`Config`].
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use history_sink::{sink_from_url, FanoutSink, HistoryError, HistorySink, ImageStore};
+
+use crate::backend::{Backend, Remote};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pool::{Pool, PoolSettings};
+
+/// Request limits and policies that handlers check.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_upload_bytes: usize,
+    pub max_upload_mb: f64,
+    pub max_pixels: u64,
+    pub timeout: Duration,
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub backend: Arc<Backend>,
+    /// `None` with `--history none`: events are not kept and `/api/v1/history` answers 501.
+    pub history: Option<Arc<dyn HistorySink>>,
+    /// `None` with `--images none`: results are returned but not kept.
+    pub images: Option<Arc<ImageStore>>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Arc<Limits>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Device(#[from] partialconv::Error),
+    #[error("history sink {url}: {source}")]
+    History { url: String, source: HistoryError },
+    #[error("image store {spec}: {source}")]
+    Images { spec: String, source: HistoryError },
+}
+
+impl AppState {
+    /// Opens the sinks and the image store, and starts the inference workers (which load the
+    /// model in the background; `/readyz` says when they are done).
+    pub async fn from_config(cfg: &Config) -> Result<Self, StartupError> {
+        if cfg.max_upload_mb <= 0.0 || cfg.queue == 0 || cfg.batch_max == 0 {
+            return Err(StartupError::Config(
+                "--max-upload-mb, --queue and --batch-max must be positive".into(),
+            ));
+        }
+        let metrics = Arc::new(Metrics::default());
+        let history = open_history(cfg).await?;
+        let images = open_images(cfg)?;
+        let backend = match &cfg.remote_model {
+            Some(url) => Backend::Remote(Remote::new(url, cfg.workers, cfg.queue, cfg.timeout())),
+            None => Backend::Local(Pool::start(
+                PoolSettings {
+                    model: cfg.model.clone(),
+                    device: partialconv::inpainter::parse_device(&cfg.device)?,
+                    workers: cfg.workers,
+                    queue: cfg.queue,
+                    batch_max: cfg.batch_max,
+                    batch_window: Duration::from_millis(cfg.batch_window_ms),
+                    max_pixels: cfg.max_pixels,
+                },
+                metrics.clone(),
+            )),
+        };
+        Ok(Self {
+            backend: Arc::new(backend),
+            history,
+            images,
+            metrics,
+            limits: Arc::new(Limits {
+                max_upload_bytes: cfg.max_upload_bytes(),
+                max_upload_mb: cfg.max_upload_mb,
+                max_pixels: cfg.max_pixels,
+                timeout: cfg.timeout(),
+                cors_origins: cfg.cors_origin.clone(),
+            }),
+        })
+    }
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), StartupError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StartupError::Config(format!("cannot create {}: {e}", dir.display())))
+}
+
+async fn open_history(cfg: &Config) -> Result<Option<Arc<dyn HistorySink>>, StartupError> {
+    let urls = cfg.history_urls();
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    let mut sinks = Vec::new();
+    for url in urls {
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if let Some(parent) = Path::new(path)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                ensure_dir(parent)?;
+            }
+        }
+        let sink = sink_from_url(&url)
+            .await
+            .map_err(|source| StartupError::History {
+                url: url.clone(),
+                source,
+            })?;
+        sinks.push(sink);
+    }
+    Ok(Some(if sinks.len() == 1 {
+        sinks.remove(0)
+    } else {
+        Arc::new(FanoutSink::new(sinks))
+    }))
+}
+
+fn open_images(cfg: &Config) -> Result<Option<Arc<ImageStore>>, StartupError> {
+    let spec = cfg.images.clone().unwrap_or_else(|| "images".to_owned());
+    if spec == "none" {
+        return Ok(None);
+    }
+    if let Some(rest) = spec.strip_prefix("s3://") {
+        return open_s3(&spec, rest).map(|s| Some(Arc::new(s)));
+    }
+    let dir = cfg.data_dir.join(&spec); // an absolute `spec` replaces data_dir
+    let store = ImageStore::local(&dir).map_err(|source| StartupError::Images {
+        spec: spec.clone(),
+        source,
+    })?;
+    Ok(Some(Arc::new(store)))
+}
+
+#[cfg(feature = "s3")]
+fn open_s3(spec: &str, rest: &str) -> Result<ImageStore, StartupError> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let prefix = match prefix.trim_matches('/') {
+        "" => String::new(),
+        p => format!("{p}/"),
+    };
+    let cfg = history_sink::S3Config {
+        bucket: bucket.to_owned(),
+        // The AWS SDKs' variable for S3-compatible stores (MinIO, moto).
+        endpoint: std::env::var("AWS_ENDPOINT_URL").ok(),
+        prefix,
+        ..Default::default()
+    };
+    ImageStore::s3(cfg).map_err(|source| StartupError::Images {
+        spec: spec.to_owned(),
+        source,
+    })
+}
+
+#[cfg(not(feature = "s3"))]
+fn open_s3(spec: &str, _rest: &str) -> Result<ImageStore, StartupError> {
+    Err(StartupError::Images {
+        spec: spec.to_owned(),
+        source: HistoryError::FeatureDisabled("s3"),
+    })
+}

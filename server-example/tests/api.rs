@@ -1,0 +1,616 @@
+//! Every endpoint and every kind of bad input, over a real socket.
+
+mod common;
+
+use std::sync::Arc;
+
+use base64::Engine;
+use common::*;
+use image::{ImageFormat, Rgba, RgbaImage};
+
+/// A sink whose writes always fail, standing in for a database that is down.
+struct FailingSink;
+
+#[async_trait::async_trait]
+impl history_sink::HistorySink for FailingSink {
+    fn name(&self) -> &'static str {
+        "failing"
+    }
+    async fn record(&self, _event: &history_sink::HistoryEvent) -> history_sink::Result<()> {
+        Err(history_sink::HistoryError::InvalidEvent(
+            "the database is down".into(),
+        ))
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inpaint_fills_the_hole_and_keeps_the_rest() {
+    let s = start(&[]).await;
+    let (img, mask) = small_pair();
+    let r = s
+        .inpaint(form(img.clone(), mask).text("user_id", "alice"))
+        .await;
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(h["content-type"], "image/png");
+    let event_id = h["x-event-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&event_id).is_ok());
+    assert!(
+        h["x-inference-ms"]
+            .to_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            >= 0.0
+    );
+    assert_eq!(h["x-strategy"], "original");
+    let result_url = h["x-result-url"].to_str().unwrap().to_owned();
+    let out = decode(&r.bytes().await.unwrap());
+    let orig = decode(&img);
+    assert_eq!(out.dimensions(), (64, 48));
+    let mut changed = 0;
+    for (x, y, p) in out.enumerate_pixels() {
+        let inside = (20..36).contains(&x) && (16..32).contains(&y);
+        if inside {
+            changed += (p != orig.get_pixel(x, y)) as u32;
+        } else {
+            assert_eq!(
+                p,
+                orig.get_pixel(x, y),
+                "({x},{y}) outside the hole changed"
+            );
+        }
+    }
+    assert!(changed > 200, "only {changed} of 256 hole pixels changed");
+
+    // The stored result is the answer's bytes.
+    let stored = s.get(&result_url).await;
+    assert_eq!(stored.status(), 200);
+    assert_eq!(stored.headers()["content-type"], "image/png");
+    assert_eq!(decode(&stored.bytes().await.unwrap()), out);
+
+    // And the history has the event, with links to all three images.
+    let r = s.get("/api/v1/history?user_id=alice").await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let ev = &v["events"][0];
+    assert_eq!(ev["event_id"], event_id);
+    assert_eq!(ev["kind"], "inpaint");
+    assert_eq!(ev["user_id"], "alice");
+    assert_eq!(ev["width"], 64);
+    assert_eq!(ev["result_url"], result_url);
+    for k in ["original_url", "mask_url"] {
+        let url = ev[k].as_str().unwrap();
+        assert_eq!(s.get(url).await.status(), 200, "{k}");
+    }
+    assert!(v["events"].as_array().unwrap().len() == 1);
+    // Someone else's history is not alice's.
+    let v: serde_json::Value = s
+        .get("/api/v1/history?user_id=bob")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(v["events"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formats_strategies_and_mask_conventions() {
+    let s = start(&[]).await;
+    // JPEG out, non-square image: the aspect ratio is kept.
+    let img = png(picture(96, 40));
+    let mask = png(rect_mask(96, 40, (10, 10, 30, 30)));
+    let r = s
+        .inpaint(form(img.clone(), mask.clone()).text("format", "jpeg"))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    assert_eq!(decode(&r.bytes().await.unwrap()).dimensions(), (96, 40));
+
+    for strategy in ["auto", "original", "resize:32", "crop"] {
+        let r = s
+            .inpaint(form(img.clone(), mask.clone()).text("strategy", strategy))
+            .await;
+        assert_eq!(r.status(), 200, "{strategy}");
+        assert_eq!(decode(&r.bytes().await.unwrap()).dimensions(), (96, 40));
+    }
+
+    // WebP and JPEG inputs.
+    for format in [ImageFormat::WebP, ImageFormat::Jpeg] {
+        let r = s
+            .inpaint(form(encode(picture(96, 40), format), mask.clone()))
+            .await;
+        assert_eq!(r.status(), 200, "{format:?}");
+    }
+
+    // An RGBA brush layer: transparent keeps, painted (any alpha) fills.
+    let layer = RgbaImage::from_fn(96, 40, |x, _| {
+        if x < 20 {
+            Rgba([255, 0, 72, 200])
+        } else {
+            Rgba([0, 0, 0, 0])
+        }
+    });
+    let r = s.inpaint(form(img.clone(), png(layer))).await;
+    assert_eq!(r.status(), 200);
+    let ratio: f64 = r.headers()["x-hole-ratio"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((ratio - 20.0 / 96.0).abs() < 1e-6, "{ratio}");
+
+    // An empty mask returns the input.
+    let r = s
+        .inpaint(form(img.clone(), png(rect_mask(96, 40, (0, 0, 0, 0)))))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-strategy"], "none");
+    assert_eq!(decode(&r.bytes().await.unwrap()), decode(&img));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconstruct_keeps_the_seed_contract_without_its_bugs() {
+    let s = start(&[]).await;
+    let (img, mask) = small_pair();
+    let body = serde_json::json!({
+        "original": format!("data:image/png;base64,{}", b64(&img)),
+        "mask": format!("data:image/png;base64,{}", b64(&mask)),
+        "user_id": "carol",
+    });
+    let call = || async {
+        let r = s
+            .client
+            .post(format!("{}/reconstruct", s.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    let a = call().await;
+    let b = call().await;
+    // Each request is its own event (the seed wrote every result to one fixed file).
+    assert_ne!(a["event_id"], b["event_id"]);
+    let url = a["result_url"].as_str().unwrap();
+    assert!(url.starts_with("/images/"), "{url}");
+    let out = decode(&s.get(url).await.bytes().await.unwrap());
+    assert_eq!(out.dimensions(), (64, 48));
+    assert_eq!(out.get_pixel(0, 0), decode(&img).get_pixel(0, 0));
+    let v: serde_json::Value = s
+        .get("/api/v1/history?user_id=carol&limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["events"].as_array().unwrap().len(), 1);
+    assert_eq!(v["events"][0]["event_id"], b["event_id"]);
+    // Paging: the next page starts after the last event of this one.
+    let next = v["next_before"].as_str().unwrap();
+    let v: serde_json::Value = s
+        .get(&format!("/api/v1/history?user_id=carol&before={next}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["events"][0]["event_id"], a["event_id"]);
+
+    // Without an image store the result comes back inline.
+    let s = start(&["--images", "none"]).await;
+    let r = s
+        .client
+        .post(format!("{}/reconstruct", s.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["result_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("data:image/png;base64,"));
+}
+
+/// A valid PNG header for `w`×`h` and the start of its pixel data, which must never be read.
+fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    out.extend(13u32.to_be_bytes());
+    out.extend(&ihdr);
+    out.extend(crc32(&ihdr).to_be_bytes());
+    // The start of a long IDAT: a decoder would inflate gigabytes from here.
+    out.extend(1_000_000u32.to_be_bytes());
+    out.extend(b"IDAT\x78\x9c");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_json_4xx_and_the_server_keeps_serving() {
+    let s = start(&["--max-upload-mb", "1", "--max-pixels", "20000"]).await;
+    let (img, mask) = small_pair();
+    let post = |url: &'static str| s.client.post(format!("{}{url}", s.url));
+
+    let cases: Vec<(&str, reqwest::multipart::Form, u16, &str)> = vec![
+        (
+            "not an image",
+            form(b"hello, world".to_vec(), mask.clone()),
+            400,
+            "bad_image",
+        ),
+        (
+            "truncated image",
+            form(img[..img.len() / 2].to_vec(), mask.clone()),
+            400,
+            "bad_image",
+        ),
+        (
+            "empty image",
+            form(Vec::new(), mask.clone()),
+            400,
+            "empty_field",
+        ),
+        (
+            "mask size differs",
+            form(img.clone(), png(rect_mask(32, 32, (0, 0, 8, 8)))),
+            422,
+            "mask_size_mismatch",
+        ),
+        (
+            "decompression bomb",
+            form(png_bomb(100_000, 100_000), mask.clone()),
+            413,
+            "image_too_large",
+        ),
+        (
+            "too many pixels",
+            form(
+                png(picture(200, 150)),
+                png(rect_mask(200, 150, (0, 0, 9, 9))),
+            ),
+            413,
+            "image_too_large",
+        ),
+        (
+            "missing mask",
+            reqwest::multipart::Form::new()
+                .part("image", reqwest::multipart::Part::bytes(img.clone())),
+            400,
+            "missing_field",
+        ),
+        (
+            "bad strategy",
+            form(img.clone(), mask.clone()).text("strategy", "magic"),
+            400,
+            "bad_argument",
+        ),
+        (
+            "bad format",
+            form(img.clone(), mask.clone()).text("format", "gif"),
+            400,
+            "bad_argument",
+        ),
+        (
+            "body over the limit",
+            form(vec![0u8; 1_500_000], mask.clone()),
+            413,
+            "body_too_large",
+        ),
+    ];
+    for (what, f, status, code) in cases {
+        let r = s.inpaint(f).await;
+        assert_eq!(error_code(r).await, (status, code.to_owned()), "{what}");
+    }
+
+    // Wrong content types.
+    let r = post("/api/v1/inpaint")
+        .json(&serde_json::json!({"image": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (415, "unsupported_media_type".into()));
+    let r = post("/reconstruct")
+        .body("original=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (415, "unsupported_media_type".into()));
+
+    // /reconstruct's own bad input.
+    let data = |b: &[u8]| format!("data:image/png;base64,{}", b64(b));
+    let bad_json: Vec<(serde_json::Value, u16, &str)> = vec![
+        (
+            serde_json::json!({"original": data(&img)}),
+            400,
+            "missing_field",
+        ),
+        (
+            serde_json::json!({"original": "http://example.com/x.png", "mask": data(&mask)}),
+            400,
+            "bad_data_url",
+        ),
+        (
+            serde_json::json!({"original": "data:image/png;base64,@@@", "mask": data(&mask)}),
+            400,
+            "bad_data_url",
+        ),
+        (
+            serde_json::json!({"original": data(b"nope"), "mask": data(&mask)}),
+            400,
+            "bad_image",
+        ),
+        (serde_json::json!([1, 2]), 400, "bad_request"),
+    ];
+    for (body, status, code) in bad_json {
+        let r = post("/reconstruct").json(&body).send().await.unwrap();
+        assert_eq!(error_code(r).await, (status, code.to_owned()), "{body}");
+    }
+    let r = post("/reconstruct")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (400, "bad_request".into()));
+    let big = serde_json::json!({"original": "A".repeat(1_200_000), "mask": ""});
+    let r = post("/reconstruct").json(&big).send().await.unwrap();
+    assert_eq!(error_code(r).await, (413, "body_too_large".into()));
+
+    // Other endpoints' bad input.
+    for (path, status, code) in [
+        ("/images/../../etc/passwd", 404, "not_found"),
+        ("/images/not-a-key.png", 400, "bad_key"),
+        (
+            "/images/0000000000000000000000000000000000000000000000000000000000000000.png",
+            404,
+            "not_found",
+        ),
+        ("/api/v1/history", 400, "missing_field"),
+        ("/api/v1/history?user_id=a&before=xyz", 400, "bad_argument"),
+        ("/api/v1/history?user_id=a&limit=-1", 400, "bad_query"),
+        ("/no/such/page", 404, "not_found"),
+        ("/api/v1/inpaint", 405, "method_not_allowed"),
+    ] {
+        let r = s.get(path).await;
+        assert_eq!(error_code(r).await, (status, code.to_owned()), "{path}");
+    }
+
+    // Still serving.
+    assert_eq!(s.get("/healthz").await.status(), 200);
+    let r = s.inpaint(form(img, mask)).await;
+    assert_eq!(r.status(), 200);
+    let m = s.metrics().await;
+    assert!(
+        metric(
+            &m,
+            "http_requests_total{method=\"POST\",route=\"/api/v1/inpaint\",status=\"413\"}"
+        ) >= 3.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_history_sink_never_fails_the_request() {
+    let s = start_with(&[], |state| state.history = Some(Arc::new(FailingSink))).await;
+    let (img, mask) = small_pair();
+    let r = s.inpaint(form(img, mask)).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-event-id"));
+    let m = s.metrics().await;
+    assert_eq!(metric(&m, "history_record_failures_total"), 1.0, "{m}");
+    // A sink that cannot be queried: no history endpoint.
+    let r = s.get("/api/v1/history?user_id=a").await;
+    assert_eq!(error_code(r).await, (501, "history_unavailable".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_none_answers_501_and_fanout_reads_from_the_first_queryable_sink() {
+    let s = start(&["--history", "none"]).await;
+    let (img, mask) = small_pair();
+    assert_eq!(
+        s.inpaint(form(img.clone(), mask.clone())).await.status(),
+        200
+    );
+    let r = s.get("/api/v1/history?user_id=anonymous").await;
+    assert_eq!(error_code(r).await, (501, "history_unavailable".into()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let a = format!("sqlite:{}", dir.path().join("a.db").display());
+    let b = format!("sqlite:{}", dir.path().join("b.db").display());
+    let s = start(&["--history", &a, "--history", &b]).await;
+    let r = s.inpaint(form(img, mask).text("user_id", "dan")).await;
+    let id = r.headers()["x-event-id"].to_str().unwrap().to_owned();
+    for url in [&a, &b] {
+        let sink = history_sink::sink_from_url(url).await.unwrap();
+        let got = sink.get(id.parse().unwrap()).await.unwrap();
+        assert_eq!(got.unwrap().user_id, "dan", "{url}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_openapi_and_page() {
+    let s = start(&["--cors-origin", "http://example.com"]).await;
+    let r = s.get("/healthz").await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = s.get("/readyz").await.json().await.unwrap();
+    assert_eq!(v["status"], "ready");
+    assert_eq!(v["model"]["model_id"], "tiny");
+    assert_eq!(v["model"]["device"], "cpu");
+
+    let (img, mask) = small_pair();
+    assert_eq!(s.inpaint(form(img, mask)).await.status(), 200);
+    let r = s.get("/metrics").await;
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let m = r.text().await.unwrap();
+    for series in [
+        "http_requests_total{method=\"POST\",route=\"/api/v1/inpaint\",status=\"200\"}",
+        "http_request_duration_seconds_count{route=\"/api/v1/inpaint\"}",
+        "inference_duration_seconds_count",
+        "inference_batch_size_count",
+    ] {
+        assert!(metric(&m, series) >= 1.0, "{series} in\n{m}");
+    }
+    assert!(m.contains("\ninference_queue_depth 0\n"), "{m}");
+    assert!(m.contains("\ninference_queue_capacity 16\n"), "{m}");
+
+    let v: serde_json::Value = s.get("/api/v1/openapi.json").await.json().await.unwrap();
+    assert_eq!(v["openapi"], "3.1.0");
+    for path in [
+        "/api/v1/inpaint",
+        "/reconstruct",
+        "/images/{key}",
+        "/api/v1/history",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/openapi.json",
+    ] {
+        assert!(v["paths"].get(path).is_some(), "{path} undocumented");
+    }
+
+    let r = s.get("/").await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = r.text().await.unwrap();
+    assert_eq!(html, include_str!("../static/index.html"));
+    assert!(
+        !html.contains("https://"),
+        "the page must not load from a CDN"
+    );
+    for (path, ct) in [("/app.js", "text/javascript"), ("/app.css", "text/css")] {
+        let r = s.get(path).await;
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(ct));
+    }
+
+    // CORS for the configured origin only, with the custom headers readable.
+    let r = s
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/api/v1/inpaint", s.url),
+        )
+        .header("origin", "http://example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://example.com"
+    );
+    let r = s
+        .client
+        .get(format!("{}/healthz", s.url))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_cannot_load_is_reported_not_ready() {
+    let s = start(&["--model", "/nonexistent/model.safetensors", "--no-wait"]).await;
+    assert_eq!(s.get("/healthz").await.status(), 200);
+    // Loading fails quickly; until then the answer is also 503.
+    for _ in 0..100 {
+        let r = s.get("/readyz").await;
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("retry-after"));
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "not_ready");
+        if matches!(
+            s.state.backend.readiness().await,
+            Err(server_example::AppError::NotReady(e)) if e.contains("nonexistent")
+        ) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (img, mask) = small_pair();
+    let r = s.inpaint(form(img, mask)).await;
+    assert_eq!(error_code(r).await, (503, "not_ready".into()));
+}
+
+/// The real binary: flags, the printed URL, and the default SQLite history under --data-dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_starts_prints_its_url_and_serves() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_server-example"))
+        .args(["--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--model")
+        .arg(tiny_model())
+        .args(["--workers", "1", "--queue", "4"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("{url}/readyz")).send().await {
+            if r.status() == 200 {
+                ready = true;
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready);
+    let (img, mask) = small_pair();
+    let r = client
+        .post(format!("{url}/api/v1/inpaint"))
+        .multipart(form(img, mask))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(dir.path().join("history.db").exists());
+    assert!(dir.path().join("images").is_dir());
+    child.kill().await.unwrap();
+}

@@ -1,0 +1,94 @@
+//! `--remote-model`: a web tier without a model in front of a model tier, two real servers.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_web_tier_sends_inference_to_the_model_tier() {
+    let model = start(&["--history", "none", "--images", "none"]).await;
+    let web = start(&["--remote-model", &model.url]).await;
+
+    let v: serde_json::Value = web.get("/readyz").await.json().await.unwrap();
+    assert_eq!(v["model"]["model_id"], "tiny", "{v}");
+
+    let (img, mask) = small_pair();
+    let r = web
+        .inpaint(form(img.clone(), mask.clone()).text("user_id", "erin"))
+        .await;
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(h["x-strategy"], "original");
+    assert!(
+        h["x-inference-ms"]
+            .to_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            > 0.0
+    );
+    let out = decode(&r.bytes().await.unwrap());
+    let orig = decode(&img);
+    assert_eq!(out.get_pixel(0, 0), orig.get_pixel(0, 0));
+    assert_ne!(out.get_pixel(28, 24), orig.get_pixel(28, 24));
+
+    // The web tier keeps the history and the images; the model tier did the work.
+    let v: serde_json::Value = web
+        .get("/api/v1/history?user_id=erin")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["events"][0]["event_id"],
+        h["x-event-id"].to_str().unwrap()
+    );
+    assert_eq!(v["events"][0]["model_id"], "tiny");
+    assert_eq!(
+        web.get(h["x-result-url"].to_str().unwrap()).await.status(),
+        200
+    );
+    let m = model.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "http_requests_total{method=\"POST\",route=\"/api/v1/inpaint\",status=\"200\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&web.metrics().await, "inference_batch_size_count"),
+        0.0
+    );
+
+    // The seed contract works through the web tier too.
+    let b64 = |b: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(b)
+    };
+    let r = web
+        .client
+        .post(format!("{}/reconstruct", web.url))
+        .json(&serde_json::json!({
+            "original": format!("data:image/png;base64,{}", b64(&img)),
+            "mask": format!("data:image/png;base64,{}", b64(&mask)),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Errors found by the model tier come back as they were.
+    let r = web.inpaint(form(img[..img.len() / 2].to_vec(), mask)).await;
+    assert_eq!(error_code(r).await, (400, "bad_image".into()));
+
+    // A model tier that is gone: 502 from the web tier, which stays up.
+    drop(model);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (img, mask) = small_pair();
+    let r = web.inpaint(form(img, mask)).await;
+    assert_eq!(error_code(r).await, (502, "remote_unavailable".into()));
+    assert_eq!(web.get("/readyz").await.status(), 503);
+    assert_eq!(web.get("/healthz").await.status(), 200);
+}
