@@ -16,7 +16,7 @@ use common::*;
 use image::GrayImage;
 use serde_json::{json, Value};
 
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735da1bfa8";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 fn chromium() -> PathBuf {
     let p = std::env::var_os("CHROMIUM").map_or_else(|| "/usr/bin/chromium".into(), PathBuf::from);
@@ -118,7 +118,10 @@ impl Driver {
                 json!({"using": "css selector", "value": css}),
             )
             .await;
-        json!({ ELEMENT: v[ELEMENT] })
+        assert!(v.get(ELEMENT).is_some(), "{css}: {v}");
+        let mut el = serde_json::Map::new();
+        el.insert(ELEMENT.to_owned(), v[ELEMENT].clone());
+        Value::Object(el)
     }
 
     async fn click(&self, css: &str) {
@@ -163,16 +166,28 @@ impl Driver {
         }
     }
 
+    /// The element's centre in viewport coordinates. (WebDriver's element origin is the
+    /// centre of the element's *visible* part, which moves when the page scrolls.)
+    async fn centre(&self, css: &str) -> (f64, f64) {
+        let v = self
+            .js(&format!(
+                "const r = document.querySelector('{css}').getBoundingClientRect();
+                 return [r.left + r.width / 2, r.top + r.height / 2];"
+            ))
+            .await;
+        (v[0].as_f64().unwrap(), v[1].as_f64().unwrap())
+    }
+
     /// A pointer drag through `points` (offsets in CSS pixels from the element's centre).
     async fn drag(&self, css: &str, points: &[(i64, i64)]) {
-        let el = self.find(css).await;
-        let mut actions = vec![
-            json!({"type": "pointerMove", "duration": 0, "origin": el, "x": points[0].0, "y": points[0].1}),
-            json!({"type": "pointerDown", "button": 0}),
-        ];
-        for &(x, y) in &points[1..] {
-            actions
-                .push(json!({"type": "pointerMove", "duration": 50, "origin": el, "x": x, "y": y}));
+        let (cx, cy) = self.centre(css).await;
+        let at = |(x, y): (i64, i64), duration: u64| {
+            json!({"type": "pointerMove", "duration": duration, "origin": "viewport",
+                   "x": (cx + x as f64).round() as i64, "y": (cy + y as f64).round() as i64})
+        };
+        let mut actions = vec![at(points[0], 0), json!({"type": "pointerDown", "button": 0})];
+        for &p in &points[1..] {
+            actions.push(at(p, 50));
         }
         actions.push(json!({"type": "pointerUp", "button": 0}));
         self.pointer(actions).await;
@@ -226,8 +241,27 @@ impl Driver {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64.as_str().unwrap())
             .unwrap();
+        std::fs::write(artifacts().join("mask-export.png"), &bytes).unwrap();
         image::load_from_memory(&bytes).unwrap().to_luma8()
     }
+
+    /// Saves a screenshot as a test artifact.
+    async fn screenshot(&self, name: &str) -> PathBuf {
+        let shot = self.call("GET", "/screenshot", Value::Null).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot.as_str().unwrap())
+            .unwrap();
+        let path = artifacts().join(name);
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+}
+
+/// Where screenshots and the last exported mask go.
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,6 +319,8 @@ async fn upload_brush_go_and_see_the_result() {
     let b_mid = to_image(-150.0, 0.0);
     let far = to_image(150.0, -100.0);
     let m = d.export_mask().await;
+    d.screenshot("strokes.png").await;
+    eprintln!("canvas {cw}×{ch}, A {a_mid:?}, B {b_mid:?}, far {far:?}");
     assert_eq!(m.dimensions(), (w, h), "the mask has the image's full size");
     assert!(white(&m, a_mid) && white(&m, b_mid) && !white(&m, far));
 
@@ -391,9 +427,10 @@ async fn upload_brush_go_and_see_the_result() {
         .await;
     assert!(href[0].as_str().unwrap().starts_with("blob:"), "{href}");
     assert!(href[1].as_str().unwrap().ends_with(".png"));
-    let el = d.find("#result").await;
+    let (rx, ry) = d.centre("#result").await;
     d.pointer(vec![
-        json!({"type": "pointerMove", "duration": 0, "origin": el, "x": 0, "y": 0}),
+        json!({"type": "pointerMove", "duration": 0, "origin": "viewport",
+               "x": rx.round() as i64, "y": ry.round() as i64}),
         json!({"type": "pointerDown", "button": 0}),
     ])
     .await;
@@ -407,13 +444,7 @@ async fn upload_brush_go_and_see_the_result() {
         .await;
     assert_eq!((holding, released), (json!(true), json!(false)));
 
-    let shot = d.call("GET", "/screenshot", Value::Null).await;
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(shot.as_str().unwrap())
-        .unwrap();
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("page.png"), png).unwrap();
-    eprintln!("screenshot: {}", out.join("page.png").display());
+    let shot = d.screenshot("page.png").await;
+    eprintln!("screenshot: {}", shot.display());
     d.call("DELETE", "", Value::Null).await;
 }
