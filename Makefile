@@ -12,7 +12,7 @@ export CARGO_TARGET_DIR ?= $(CACHE)/target
 PY := $(CURDIR)/.venv/bin/python
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: setup run demo test test-rust test-python lint fixtures bench
+.PHONY: setup run demo test test-rust test-python lint services fixtures bench
 
 setup: .venv/.ready .libtorch
 
@@ -34,19 +34,34 @@ demo:
 	$(BIN)/partialconv predict --image docs/img/sample.jpg --mask docs/img/sample_mask.png --output out/sample_filled.png
 	@echo "input: docs/img/sample.jpg  mask: docs/img/sample_mask.png  result: out/sample_filled.png"
 
-lint: setup
+lint: setup services
 	cargo fmt --all --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-# Golden data from the independent PyTorch reference, made fresh for every test run.
+services:
+	scripts/services.sh
+
+# Golden data from the independent PyTorch references, made fresh for every test run.
+REF := $(CARGO_TARGET_DIR)/reference
 fixtures: setup
-	@mkdir -p $(CARGO_TARGET_DIR)/reference
-	$(PY) tests/reference/make_checkpoints.py $(CARGO_TARGET_DIR)/reference
+	@mkdir -p $(REF)
+	$(PY) tests/reference/make_checkpoints.py $(REF)
+	$(PY) tests/reference/make_vgg_fixture.py $(REF)
 
-test-rust: fixtures
-	PARTIALCONV_REFERENCE_DIR=$(CARGO_TARGET_DIR)/reference cargo test --workspace --all-targets
+export PARTIALCONV_REFERENCE_DIR := $(REF)
+export HISTORY_TEST_MYSQL ?= mysql://root@127.0.0.1:3306
+export HISTORY_TEST_TANSU ?= $(CACHE)/tools/bin/tansu
+export HISTORY_TEST_MOTO ?= $(CACHE)/venv-moto/bin/moto_server
 
-test: lint test-rust
+test-rust: setup services fixtures
+	cargo test --workspace --all-features
+
+# The bindings, built into the same environment, against the same libtorch.
+test-python: setup
+	cd partialconv-py && CARGO_TARGET_DIR=$(CACHE)/target-py $(CURDIR)/.venv/bin/maturin develop --release -q
+	$(PY) -m pytest -q partialconv-py/tests
+
+test: lint test-rust test-python
 
 bench: setup
 	cargo bench -p partialconv
