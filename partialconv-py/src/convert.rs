@@ -273,7 +273,13 @@ fn array_to_mask(a: &Bound<'_, PyUntypedArray>) -> PyResult<HoleMask> {
                 a.shape()
             )));
         }
-        return Ok(HoleMask::from_bools(w, h, pixels::<bool>(a)?));
+        // Read as bytes: numpy calls any non-zero byte True (PIL's mode-"1" arrays hold 255),
+        // and such a byte is not a valid Rust `bool`.
+        let bytes = a
+            .call_method1("view", ("uint8",))?
+            .cast_into::<PyUntypedArray>()?;
+        let holes = pixels::<u8>(&bytes)?.into_iter().map(|b| b != 0).collect();
+        return Ok(HoleMask::from_bools(w, h, holes));
     }
     // uint8 and uint16 masks go through the same rule as a decoded mask file.
     Ok(HoleMask::from_image(&array_to_image(a, "mask")?))

@@ -106,7 +106,8 @@ def test_mask_forms_agree(inpainter):
         holes.astype(np.uint8) * 255,
         rgb,
         Image.fromarray(u8),  # L
-        Image.fromarray(holes),  # mode "1"
+        Image.fromarray(holes),  # mode "1": its array holds 255 for True
+        (holes.astype(np.uint8) * 7).view(bool),  # numpy: any non-zero byte is True
         Image.fromarray(rgb),  # RGB: luma rule
         Image.fromarray(u8).convert("P"),  # palette, expanded
     ]:
