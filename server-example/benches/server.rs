@@ -168,6 +168,12 @@ fn cpu_name() -> String {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if !args.bench {
+        // `cargo test --all-targets` runs bench targets without `--bench`: measuring needs
+        // a real model and minutes, so only `cargo bench` does it.
+        eprintln!("server bench: run it with `cargo bench -p server-example --bench server`");
+        return;
+    }
     let data = tempfile::tempdir().unwrap();
     let mut argv = vec![
         "server-example".to_owned(),
@@ -187,13 +193,14 @@ async fn main() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = app(state.clone());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let server_example::backend::Backend::Local(pool) = &*state.backend else {
+        unreachable!("no --remote-model here")
+    };
     let info = loop {
-        match state.backend.readiness().await {
+        match pool.readiness() {
             Ok(info) => break info,
-            Err(server_example::AppError::NotReady(e)) if e.contains("loading") => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => panic!("model: {e}"),
+            Err(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(Some(e)) => panic!("model: {e}"),
         }
     };
 

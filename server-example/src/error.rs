@@ -106,7 +106,7 @@ impl AppError {
             Self::Image(E::InvalidArgument(_)) => "bad_argument",
             Self::Image(e) if e.is_bad_input() => "bad_image",
             Self::Image(_) => "internal",
-            Self::BadRequest { code, .. } => *code,
+            Self::BadRequest { code, .. } => code,
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::NotFound => "not_found",

@@ -1,4 +1,7 @@
 use clap::Parser;
+use std::time::Duration;
+
+use server_example::backend::Backend;
 use server_example::{app, AppState, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -27,6 +30,24 @@ async fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
     let addr = listener.local_addr()?;
+    // Serve /healthz while the model loads, but exit rather than linger never ready.
+    if let Backend::Local(_) = &*state.backend {
+        let backend = state.backend.clone();
+        tokio::spawn(async move {
+            if let Backend::Local(pool) = &*backend {
+                loop {
+                    match pool.readiness() {
+                        Ok(_) => break,
+                        Err(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Err(Some(e)) => {
+                            eprintln!("server-example: {e}");
+                            std::process::exit(1);
+                        }
+                    }
+                }
+            }
+        });
+    }
     // Printed on stdout, so scripts (and `make run`) can pick the URL up.
     println!("server-example listening on http://{addr}/");
     axum::serve(listener, app(state))

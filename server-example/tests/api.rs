@@ -614,3 +614,29 @@ async fn the_binary_starts_prints_its_url_and_serves() {
     assert!(dir.path().join("images").is_dir());
     child.kill().await.unwrap();
 }
+
+/// A binary that can never become ready exits instead of lingering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_exits_when_the_model_cannot_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_server-example"))
+            .args([
+                "--bind",
+                "127.0.0.1:0",
+                "--model",
+                "/nonexistent.safetensors",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("still running")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent.safetensors"), "{stderr}");
+}

@@ -185,7 +185,10 @@ impl Driver {
             json!({"type": "pointerMove", "duration": duration, "origin": "viewport",
                    "x": (cx + x as f64).round() as i64, "y": (cy + y as f64).round() as i64})
         };
-        let mut actions = vec![at(points[0], 0), json!({"type": "pointerDown", "button": 0})];
+        let mut actions = vec![
+            at(points[0], 0),
+            json!({"type": "pointerDown", "button": 0}),
+        ];
         for &p in &points[1..] {
             actions.push(at(p, 50));
         }
