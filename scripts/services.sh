@@ -36,7 +36,7 @@ fi
 
 if ! mysql -uroot -h127.0.0.1 -e 'select 1' >/dev/null 2>&1; then
     echo "starting MariaDB"
-    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql || true
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
     for _ in $(seq 60); do
         mysql -uroot -h127.0.0.1 -e 'select 1' >/dev/null 2>&1 && break
         sleep 1
