@@ -40,12 +40,15 @@ const EXPOSED: &[&str] = &[
 pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.max_upload_bytes;
     let cors = cors_layer(&state.limits.cors_origins);
+    let inference = Router::new()
+        .route("/api/v1/inpaint", post(routes::inpaint))
+        .route("/reconstruct", post(routes::reconstruct))
+        .route_layer(middleware::from_fn_with_state(state.clone(), routes::admit));
     let router = Router::new()
+        .merge(inference)
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
         .route("/app.css", get(web::style))
-        .route("/api/v1/inpaint", post(routes::inpaint))
-        .route("/reconstruct", post(routes::reconstruct))
         .route("/images/{key}", get(routes::image))
         .route("/api/v1/history", get(routes::history))
         .route("/api/v1/openapi.json", get(routes::openapi))

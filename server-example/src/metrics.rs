@@ -162,7 +162,7 @@ impl Metrics {
         let counters = [
             (
                 "inference_rejected_total",
-                "Jobs refused with 503 because the queue was full.",
+                "Requests refused with 503 because the queue (or admission) was full.",
                 &self.rejected,
             ),
             (

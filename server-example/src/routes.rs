@@ -315,6 +315,21 @@ pub async fn method_not_allowed() -> Response {
     (StatusCode::METHOD_NOT_ALLOWED, body).into_response()
 }
 
+/// Refuses inference requests beyond `AppState::admission` before their bodies are read, so
+/// a flood of uploads cannot exhaust memory while waiting for a queue slot.
+pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match state.admission.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => {
+            state
+                .metrics
+                .rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            AppError::Overloaded.into_response()
+        }
+    }
+}
+
 /// Counts every answer for `/metrics` and logs the real cause of errors, which the client
 /// does not see.
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use history_sink::{sink_from_url, FanoutSink, HistoryError, HistorySink, ImageStore};
+use tokio::sync::Semaphore;
 
 use crate::backend::{Backend, Remote};
 use crate::config::Config;
@@ -30,6 +31,9 @@ pub struct AppState {
     pub images: Option<Arc<ImageStore>>,
     pub metrics: Arc<Metrics>,
     pub limits: Arc<Limits>,
+    /// Inference requests admitted at once (reading a body, queued, running, storing): with
+    /// the body limit, this bounds the memory that uploads can take.
+    pub admission: Arc<Semaphore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +75,9 @@ impl AppState {
                 metrics.clone(),
             )),
         };
+        let admitted = 2 * (cfg.workers.max(1) + cfg.queue);
         Ok(Self {
+            admission: Arc::new(Semaphore::new(admitted)),
             backend: Arc::new(backend),
             history,
             images,
