@@ -260,7 +260,10 @@ async fn main() {
         cpu_name(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     ));
-    let argv: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let argv: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     md.push_str(&format!(
         "Command: `cargo bench -p server-example --bench server -- {}`\n\n",
         argv.join(" ")
