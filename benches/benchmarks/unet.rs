@@ -1,15 +1,13 @@
 //! The seed architecture (layer_size 7, width 64, 25.8M parameters) at 512×512 on the CPU:
 //! the grouped mask path against the full mask convolutions of the public implementations,
 //! and both against the dense-convolution bound (the network's 75.8 GFLOP at the rate of one
-//! large 3×3 convolution, timed in the same run).
+//! large 3×3 convolution, timed in the same run; 75.8 GFLOP is twice the network's
+//! multiply-adds at 512×512, as `examples/conv_shapes.rs` counts them).
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use partialconv::bench::sample_input;
 use partialconv::{Mask, Model, ModelMeta, PConvUNetConfig};
 use tch::{Device, Kind, Tensor};
-
-/// Multiply-adds ×2 of the seed network's convolutions at 512×512.
-pub const SEED_NET_GFLOP_512: f64 = 75.8;
 
 fn forward(c: &mut Criterion) {
     tch::manual_seed(0);

@@ -520,7 +520,7 @@ impl FineTuner {
                 style: terms.style,
                 tv: terms.tv,
             };
-            let val = if self.step % self.cfg.val_every == 0 || self.step == self.cfg.steps {
+            let val = if self.step.is_multiple_of(self.cfg.val_every) || self.step == self.cfg.steps {
                 let mut report = self.validate()?;
                 report.step = self.step;
                 last_val = Some(report.clone());
@@ -545,7 +545,7 @@ impl FineTuner {
                 self.fit_to_budget(budget, start.elapsed(), first_step);
             }
             let stop = callback(&progress).is_break() || INTERRUPTED.load(Ordering::SeqCst);
-            if stop || self.step % self.cfg.checkpoint_every == 0 {
+            if stop || self.step.is_multiple_of(self.cfg.checkpoint_every) {
                 self.save_checkpoint()?;
             }
             if val.is_some() {
@@ -583,7 +583,7 @@ impl FineTuner {
         let Some((warm_step, warm_time)) = self.warmup else {
             return;
         };
-        if done % 100 != 0 {
+        if !done.is_multiple_of(100) {
             return;
         }
         let per_step = (elapsed - warm_time).as_secs_f64() / (self.step - warm_step) as f64;

@@ -119,7 +119,7 @@ impl Model {
             .ok_or_else(|| bad(format!("no `{META_KEY}` header: not a partialconv model")))?;
         let meta: ModelMeta = serde_json::from_str(meta_json)
             .map_err(|e| bad(format!("bad `{META_KEY}` header: {e}")))?;
-        meta.config.validate().map_err(|e| bad(e))?;
+        meta.config.validate().map_err(bad)?;
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| bad(format!("corrupt safetensors data ({e})")))?;
         let model = Self::new(meta, device)?;
