@@ -520,7 +520,8 @@ impl FineTuner {
                 style: terms.style,
                 tv: terms.tv,
             };
-            let val = if self.step.is_multiple_of(self.cfg.val_every) || self.step == self.cfg.steps {
+            let val = if self.step.is_multiple_of(self.cfg.val_every) || self.step == self.cfg.steps
+            {
                 let mut report = self.validate()?;
                 report.step = self.step;
                 last_val = Some(report.clone());
