@@ -12,6 +12,7 @@ export CARGO_TARGET_DIR ?= $(CACHE)/target
 PY := $(CURDIR)/.venv/bin/python
 BIN := $(CARGO_TARGET_DIR)/release
 
+# `make demo` fills docs/img/sample.jpg with the CLI.
 .PHONY: setup run demo test test-rust test-python lint services fixtures bench
 
 setup: .venv/.ready .libtorch
@@ -25,11 +26,15 @@ setup: .venv/.ready .libtorch
 .libtorch: .venv/.ready
 	ln -sfn "$$($(PY) -c 'import os, torch; print(os.path.dirname(torch.__file__))')" .libtorch
 
+# The web page and API on http://127.0.0.1:8080/ with the bundled model, SQLite history and a
+# local image folder under ~/.cache/partialconv/server-data.
 run: setup
-	cargo build --release -p partialconv
-	$(MAKE) --no-print-directory demo
+	cargo build --release -p server-example -p partialconv
+	$(BIN)/server-example --data-dir $(CACHE)/server-data
 
-demo:
+# The CLI on the sample photo, without the server.
+demo: setup
+	cargo build --release -p partialconv
 	@mkdir -p out
 	$(BIN)/partialconv predict --image docs/img/sample.jpg --mask docs/img/sample_mask.png --output out/sample_filled.png
 	@echo "input: docs/img/sample.jpg  mask: docs/img/sample_mask.png  result: out/sample_filled.png"
