@@ -23,7 +23,11 @@ pub struct Inpainter {
 impl Inpainter {
     /// Loads `path`, else `$PARTIALCONV_MODEL`, else the model bundled into the build.
     #[staticmethod]
-    #[pyo3(signature = (path = None, device = DeviceArg(tch::Device::Cpu)))]
+    // The text signatures show Python's view of the defaults, not the Rust values.
+    #[pyo3(
+        signature = (path = None, device = DeviceArg(tch::Device::Cpu)),
+        text_signature = "(path=None, device='cpu')"
+    )]
     fn load(py: Python<'_>, path: Option<PathBuf>, device: DeviceArg) -> PyResult<Self> {
         let inner = py
             .detach(|| partialconv::Inpainter::load(path.as_deref(), device.0))
@@ -48,7 +52,10 @@ impl Inpainter {
     }
 
     /// Fills the holes of `image`; pixels outside them come back unchanged.
-    #[pyo3(signature = (image, mask, strategy = StrategyArg(Strategy::Auto), resize_mask = false))]
+    #[pyo3(
+        signature = (image, mask, strategy = StrategyArg(Strategy::Auto), resize_mask = false),
+        text_signature = "(self, image, mask, strategy='auto', resize_mask=False)"
+    )]
     fn predict<'py>(
         &self,
         py: Python<'py>,
@@ -70,7 +77,10 @@ impl Inpainter {
     }
 
     /// Fills many images; same-size items under `original` share one forward pass.
-    #[pyo3(signature = (images, masks, strategy = StrategyArg(Strategy::Auto)))]
+    #[pyo3(
+        signature = (images, masks, strategy = StrategyArg(Strategy::Auto)),
+        text_signature = "(self, images, masks, strategy='auto')"
+    )]
     fn predict_batch<'py>(
         &self,
         py: Python<'py>,

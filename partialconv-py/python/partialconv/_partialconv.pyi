@@ -2,7 +2,7 @@
 
 import os
 import pathlib
-from typing import Callable, Literal, Sequence, TypedDict, Union
+from typing import Callable, Literal, Sequence, TypedDict, Union, final
 
 import numpy as np
 import numpy.typing as npt
@@ -13,25 +13,27 @@ except ImportError:  # pillow is optional
     _PILImage = object  # type: ignore[misc,assignment]
 
 __version__: str
+__all__ = ["FineTuner", "Inpainter", "Progress", "__version__", "import_checkpoint"]
 
-StrPath = Union[str, os.PathLike[str]]
-ImageLike = Union[npt.NDArray[np.uint8], npt.NDArray[np.uint16], _PILImage, StrPath]
+_StrPath = Union[str, os.PathLike[str]]
+_ImageLike = Union[npt.NDArray[np.uint8], npt.NDArray[np.uint16], _PILImage, _StrPath]
 """uint8 H×W×3 (RGB) or H×W×4 (RGBA); also H×W grey, H×W×2 grey+alpha and uint16. Or a
 PIL image, or the path of an image file (decoded as the CLI decodes it)."""
-MaskLike = Union[npt.NDArray[np.bool_], npt.NDArray[np.uint8], _PILImage, StrPath]
+_MaskLike = Union[npt.NDArray[np.bool_], npt.NDArray[np.uint8], _PILImage, _StrPath]
 """bool H×W (True = hole) or uint8 H×W (≥ 128 = hole); a PIL image or a file: luma ≥ 128
 is a hole, or, for an image with a not fully opaque alpha channel, alpha ≥ 1."""
-Strategy = Union[Literal["auto", "original", "resize", "crop"], str]
+_Strategy = Union[Literal["auto", "original", "resize", "crop"], str]
 """`"auto"`, `"original"`, `"resize"` (long side 512), `"resize:N"` or `"crop"`."""
-Device = Union[Literal["cpu", "cuda"], str]
+_Device = Union[Literal["cpu", "cuda"], str]
 """`"cpu"`, `"cuda"` or `"cuda:N"`."""
 
+@final
 class Inpainter:
     """A model ready to fill holes. Safe to share between threads; the GIL is released
     while it computes."""
 
     @staticmethod
-    def load(path: StrPath | None = None, device: Device = "cpu") -> Inpainter:
+    def load(path: _StrPath | None = None, device: _Device = "cpu") -> Inpainter:
         """Loads the safetensors model at `path`, else `$PARTIALCONV_MODEL`, else the model
         bundled into the build.
 
@@ -42,9 +44,9 @@ class Inpainter:
         """`"cpu"` or `"cuda:N"`."""
     def predict(
         self,
-        image: ImageLike,
-        mask: MaskLike,
-        strategy: Strategy = "auto",
+        image: _ImageLike,
+        mask: _MaskLike,
+        strategy: _Strategy = "auto",
         resize_mask: bool = False,
     ) -> npt.NDArray[np.uint8]:
         """The image with its holes filled, uint8 H×W×3, or H×W×4 when the input has alpha
@@ -54,31 +56,32 @@ class Inpainter:
         `--resize-mask`); otherwise a size mismatch raises ValueError."""
     def predict_batch(
         self,
-        images: Sequence[ImageLike],
-        masks: Sequence[MaskLike],
-        strategy: Strategy = "auto",
+        images: Sequence[_ImageLike],
+        masks: Sequence[_MaskLike],
+        strategy: _Strategy = "auto",
     ) -> list[npt.NDArray[np.uint8]]:
         """`predict` for each pair; same-size items under `original` share one forward
         pass. The results equal `predict`'s."""
 
-class LossTerms(TypedDict):
+class _LossTerms(TypedDict):
     valid: float
     hole: float
     perceptual: float
     style: float
     tv: float
 
-class BucketMetrics(TypedDict):
+class _BucketMetrics(TypedDict):
     hole_ratio: tuple[float, float]
     psnr: float
     ssim: float
     l1: float
     count: int
 
-class Metrics(TypedDict):
+class _Metrics(TypedDict):
     mean_psnr: float
-    buckets: list[BucketMetrics]
+    buckets: list[_BucketMetrics]
 
+@final
 class Progress:
     """What the `FineTuner.run` callback receives after each step."""
 
@@ -88,40 +91,41 @@ class Progress:
     """Steps the run will do."""
     loss: float
     """Total loss of this step."""
-    terms: LossTerms
+    terms: _LossTerms
     stage: int
     """1, or 2 once the encoder's batch norm is frozen."""
     elapsed: float
     """Seconds since `run` started."""
     eta: float
     """Estimated seconds left."""
-    metrics: Metrics | None
+    metrics: _Metrics | None
     """Validation metrics per hole-ratio bucket, on steps that ran validation."""
 
-class TrainSummary(TypedDict):
+class _TrainSummary(TypedDict):
     steps: int
     final_loss: float
     wall_s: float
     stopped: bool
     """True when the callback returned False."""
-    metrics: Metrics | None
+    metrics: _Metrics | None
     """The last validation's."""
 
+@final
 class FineTuner:
     """Trains a model on a folder of photos, from scratch or from `base` (the CLI's
     `partialconv train`; every option is the flag of the same name, and None keeps the
     CLI's default). Loads the photos, and resumes from `run_dir`'s checkpoint if there is
     one."""
 
-    def __init__(
-        self,
-        data: StrPath,
-        out: StrPath,
+    def __new__(
+        cls,
+        data: _StrPath,
+        out: _StrPath,
         *,
-        base: StrPath | None = None,
-        val_data: StrPath | None = None,
-        masks: StrPath | None = None,
-        run_dir: StrPath | None = None,
+        base: _StrPath | None = None,
+        val_data: _StrPath | None = None,
+        masks: _StrPath | None = None,
+        run_dir: _StrPath | None = None,
         steps: int | None = None,
         batch_size: int | None = None,
         train_size: int | None = None,
@@ -131,19 +135,19 @@ class FineTuner:
         lr: float | None = None,
         lr_stage2: float | None = None,
         stage2_at: int | None = None,
-        vgg: StrPath | None = None,
+        vgg: _StrPath | None = None,
         checkpoint_every: int | None = None,
         val_every: int | None = None,
         val_size: int | None = None,
         max_val_images: int | None = None,
         seed: int | None = None,
-        device: Device | None = None,
+        device: _Device | None = None,
         half: bool = False,
         loader_threads: int | None = None,
         max_minutes: float | None = None,
         style_weight: float | None = None,
         perceptual_weight: float | None = None,
-    ) -> None: ...
+    ) -> FineTuner: ...
     @property
     def out(self) -> pathlib.Path:
         """Where the trained model is written."""
@@ -155,13 +159,13 @@ class FineTuner:
     def skipped_images(self) -> int: ...
     @property
     def step(self) -> int: ...
-    def run(self, callback: Callable[[Progress], bool | None] | None = None) -> TrainSummary:
+    def run(self, callback: Callable[[Progress], bool | None] | None = None) -> _TrainSummary:
         """Trains to `steps` and writes the model to `out`.
 
         `callback(progress)` runs after every step; returning False stops early, with a
         checkpoint saved. An exception in the callback (or Ctrl-C) saves a checkpoint and
         propagates."""
 
-def import_checkpoint(src: StrPath, dst: StrPath, half: bool = False) -> None:
+def import_checkpoint(src: _StrPath, dst: _StrPath, half: bool = False) -> None:
     """Converts a PyTorch checkpoint of the public reimplementation to safetensors (the
     CLI's `partialconv import`)."""
