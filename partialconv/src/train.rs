@@ -557,6 +557,21 @@ impl FineTuner {
             }
         }
         self.save_checkpoint()?;
+        self.model.meta.training = serde_json::json!({
+            "steps": self.step,
+            "batch_size": self.cfg.batch_size,
+            "train_size": self.cfg.train_size,
+            "photo_side": self.cfg.photo_side,
+            "train_images": self.train.len(),
+            "base": self.cfg.base.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy()),
+            "loss": {"valid": self.cfg.loss.valid, "hole": self.cfg.loss.hole, "tv": self.cfg.loss.tv,
+                     "perceptual": if self.cfg.vgg.is_some() { self.cfg.loss.perceptual } else { 0.0 },
+                     "style": if self.cfg.vgg.is_some() { self.cfg.loss.style } else { 0.0 }},
+            "device": format!("{:?}", self.cfg.device),
+            "wall_s_this_run": start.elapsed().as_secs(),
+            "final_loss": last_loss,
+            "val_mean_psnr": last_val.as_ref().map(ValReport::mean_psnr),
+        });
         self.model.save(&self.cfg.out, self.cfg.storage)?;
         Ok(TrainSummary {
             steps: self.step,
