@@ -7,8 +7,8 @@ machine that one mostly measures the other processes.
 
     python partialconv-py/bench/overhead.py [--model M] [--pairs 21] [--threads 1]
 
-Without --model, a random-weight model (7 levels, --width, default 32: the narrowest
-bundled-model candidate, so the most overhead-sensitive) is written first; the weights do not
+Without --model, a random-weight model (7 levels, --width, default 32: narrower than the
+bundled model, so the most overhead-sensitive) is written first; the weights do not
 change the time. Also times both sides on a mask with no hole, where the core returns the
 input at once: that is the fixed cost of a call, which the loaded shared machine cannot
 blur. Prints a Markdown table for docs/benchmarks.md and one JSON line.

@@ -61,6 +61,7 @@ fn import_checkpoint(
     .map_err(py_err)
 }
 
+/// The native half of `partialconv`; import `partialconv` itself, which loads torch first.
 #[pymodule]
 fn _partialconv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

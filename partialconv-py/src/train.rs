@@ -182,16 +182,15 @@ impl FineTuner {
         if let Some(e) = raised {
             return Err(e);
         }
-        let (steps, final_loss, stopped) = match result {
-            None => {
-                return Err(PyRuntimeError::new_err(
-                    "FineTuner.run is already running in another thread",
-                ))
-            }
-            Some(Ok(summary)) => (summary.steps, summary.final_loss, false),
-            Some(Err(Error::Interrupted { step })) => (step, last_loss, true),
-            Some(Err(e)) => return Err(py_err(e)),
-        };
+        let (steps, final_loss, stopped) =
+            match result {
+                None => return Err(PyRuntimeError::new_err(
+                    "FineTuner.run is already running (in another thread, or this is its callback)",
+                )),
+                Some(Ok(summary)) => (summary.steps, summary.final_loss, false),
+                Some(Err(Error::Interrupted { step })) => (step, last_loss, true),
+                Some(Err(e)) => return Err(py_err(e)),
+            };
         let summary = PyDict::new(py);
         summary.set_item("steps", steps)?;
         summary.set_item("final_loss", final_loss)?;
