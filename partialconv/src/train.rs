@@ -153,7 +153,7 @@ pub struct TrainSummary {
 }
 
 /// Adam (Kingma & Ba), written out so its state can be checkpointed with the weights.
-struct Adam {
+pub struct Adam {
     params: Vec<(String, Tensor)>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
@@ -165,7 +165,7 @@ impl Adam {
     const B2: f64 = 0.999;
     const EPS: f64 = 1e-8;
 
-    fn new(model: &Model) -> Self {
+    pub fn new(model: &Model) -> Self {
         let mut params: Vec<(String, Tensor)> = model
             .vs
             .variables()
@@ -178,13 +178,13 @@ impl Adam {
         Self { params, m, v, t: 0 }
     }
 
-    fn zero_grad(&mut self) {
+    pub fn zero_grad(&mut self) {
         for (_, p) in &mut self.params {
             p.zero_grad();
         }
     }
 
-    fn step(&mut self, lr: f64) {
+    pub fn step(&mut self, lr: f64) {
         self.t += 1;
         let c1 = 1.0 - Self::B1.powi(self.t as i32);
         let c2 = 1.0 - Self::B2.powi(self.t as i32);
