@@ -431,10 +431,11 @@ fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
         .stage2_at
         .unwrap_or(if a.base.is_some() { 0 } else { a.steps * 3 / 4 });
     cfg.base = a.base;
+    // Keep TrainConfig's defaults (the `Scaled` convention) for what the flags don't set.
     cfg.model = partialconv::PConvUNetConfig {
         width: a.width,
         layer_size: a.layer_size,
-        ..Default::default()
+        ..cfg.model
     };
     cfg.steps = a.steps;
     cfg.batch_size = a.batch_size;
