@@ -39,9 +39,13 @@ demo: setup
 	$(BIN)/partialconv predict --image docs/img/sample.jpg --mask docs/img/sample_mask.png --output out/sample_filled.png
 	@echo "input: docs/img/sample.jpg  mask: docs/img/sample_mask.png  result: out/sample_filled.png"
 
+PY_TARGET := $(CACHE)/target-py
+
 lint: setup services
 	cargo fmt --all --check
+	cargo fmt --manifest-path partialconv-py/Cargo.toml --check
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
+	CARGO_TARGET_DIR=$(PY_TARGET) cargo clippy --release --manifest-path partialconv-py/Cargo.toml --all-targets -- -D warnings
 
 services:
 	scripts/services.sh
@@ -63,8 +67,8 @@ test-rust: setup services fixtures
 
 # The bindings, built into the same environment, against the same libtorch.
 test-python: setup
-	cd partialconv-py && CARGO_TARGET_DIR=$(CACHE)/target-py $(CURDIR)/.venv/bin/maturin develop --release -q
-	$(PY) -m pytest -q partialconv-py/tests
+	CARGO_TARGET_DIR=$(PY_TARGET) VIRTUAL_ENV=$(CURDIR)/.venv $(CURDIR)/.venv/bin/maturin develop --release -m partialconv-py/Cargo.toml
+	CARGO_TARGET_DIR=$(PY_TARGET) $(PY) -m pytest -q partialconv-py/tests
 
 test: lint test-rust test-python
 
