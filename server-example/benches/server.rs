@@ -10,6 +10,11 @@
 //! server reports per request in `X-Inference-Ms`, `X-Decode-Ms` and `X-Encode-Ms`.
 //! With `--write FILE` the figures replace the `## Server` section of FILE (other sections are
 //! kept).
+//!
+//! `--finetune` measures something else: p50 latency of 512×512 requests with no fine-tune
+//! job, then while one trains, for the default training priority (1 intra-op thread, nice 10)
+//! and for an unprotected one (every core, nice 0). With `--write` it replaces the
+//! `## Server: inference while a job trains` section.
 
 use std::io::Cursor;
 use std::path::PathBuf;
@@ -17,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use image::{imageops, DynamicImage, GrayImage, ImageFormat, Luma, RgbImage};
+use server_example::pool::ModelInfo;
 use server_example::{app, AppState, Config};
 
 #[derive(Parser)]
@@ -32,6 +38,9 @@ struct Args {
     /// Markdown file whose `## Server` section receives the figures.
     #[arg(long)]
     write: Option<PathBuf>,
+    /// Inference latency with and without a running fine-tune job, instead of the above.
+    #[arg(long)]
+    finetune: bool,
     // `cargo bench` passes --bench to every bench target.
     #[arg(long, hide = true)]
     bench: bool,
@@ -174,35 +183,10 @@ async fn main() {
         eprintln!("server bench: run it with `cargo bench -p server-example --bench server`");
         return;
     }
-    let data = tempfile::tempdir().unwrap();
-    let mut argv = vec![
-        "server-example".to_owned(),
-        "--data-dir".to_owned(),
-        data.path().display().to_string(),
-        "--device".to_owned(),
-        args.device.clone(),
-        "--max-upload-mb".to_owned(),
-        "64".to_owned(),
-    ];
-    if let Some(m) = &args.model {
-        argv.extend(["--model".to_owned(), m.display().to_string()]);
+    if args.finetune {
+        return finetune_bench(&args).await;
     }
-    let cfg = Config::parse_from(argv);
-    let state = AppState::from_config(&cfg).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let router = app(state.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let server_example::backend::Backend::Local(pool) = &*state.backend else {
-        unreachable!("no --remote-model here")
-    };
-    let info = loop {
-        match pool.readiness() {
-            Ok(info) => break info,
-            Err(None) => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(Some(e)) => panic!("model: {e}"),
-        }
-    };
+    let (url, _state, info, _data) = serve(&args, &[]).await;
 
     let small = encode(photo(512, 512).into(), ImageFormat::Png);
     let small_mask = encode(
@@ -242,12 +226,7 @@ async fn main() {
     }
 
     let mut md = String::new();
-    let date = std::process::Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d %H:%M UTC")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let date = date();
     md.push_str("## Server\n\n");
     md.push_str(&format!(
         "`POST /api/v1/inpaint` over a real socket, measured by the client \
@@ -260,13 +239,9 @@ async fn main() {
         cpu_name(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     ));
-    let argv: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
     md.push_str(&format!(
         "Command: `cargo bench -p server-example --bench server -- {}`\n\n",
-        argv.join(" ")
+        argv()
     ));
     md.push_str("| Request | Concurrency | n | p50 ms | p99 ms | req/s | model ms (median) | decode ms | encode ms | rest ms (p50 − the others) |\n");
     md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
@@ -303,20 +278,214 @@ async fn main() {
         c4s.throughput / c1s.throughput
     ));
     println!("{md}");
-    if let Some(path) = args.write {
-        let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-        std::fs::write(&path, replace_section(&old, &md)).unwrap();
-        eprintln!("wrote the Server section of {}", path.display());
+    if let Some(path) = &args.write {
+        write_section(path, "## Server", &md);
     }
 }
 
-/// `old` with its `## Server` section (up to the next `## `) replaced by `section`, or with
+fn date() -> String {
+    std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The bench's own arguments, for the command line in the report.
+fn argv() -> String {
+    std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A server on a fresh data dir with the bench's model plus `extra` flags, once its model is
+/// loaded.
+async fn serve(args: &Args, extra: &[&str]) -> (String, AppState, ModelInfo, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let mut argv = vec![
+        "server-example".to_owned(),
+        "--data-dir".to_owned(),
+        data.path().display().to_string(),
+        "--device".to_owned(),
+        args.device.clone(),
+        "--max-upload-mb".to_owned(),
+        "64".to_owned(),
+    ];
+    if let Some(m) = &args.model {
+        argv.extend(["--model".to_owned(), m.display().to_string()]);
+    }
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let cfg = Config::parse_from(argv);
+    let state = AppState::from_config(&cfg).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = app(state.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let server_example::backend::Backend::Local(pool) = &*state.backend else {
+        unreachable!("no --remote-model here")
+    };
+    let info = loop {
+        match pool.readiness() {
+            Ok(info) => break info,
+            Err(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(Some(e)) => panic!("model: {e}"),
+        }
+    };
+    (url, state, info, data)
+}
+
+async fn job_status(client: &reqwest::Client, url: &str, id: &str) -> serde_json::Value {
+    client
+        .get(format!("{url}/api/v1/finetune/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// p50 at concurrency 1 with no job, then while a job trains, for one training priority.
+async fn with_and_without_job(
+    args: &Args,
+    flags: &[&str],
+    image: &[u8],
+    mask: &[u8],
+) -> (ModelInfo, Stats, Stats, f64) {
+    let mut extra = vec!["--finetune-max-steps", "1000000"];
+    extra.extend_from_slice(flags);
+    let (url, state, info, _data) = serve(args, &extra).await;
+    let (idle, wall) = run(&url, image, mask, "png", 1, args.n).await;
+    let idle = stats(&idle, wall);
+    // A job on crops of the sample photo, long enough to outlast the measurement.
+    let client = reqwest::Client::new();
+    let mut form = reqwest::multipart::Form::new()
+        .text("steps", "1000000")
+        .text("user_id", "bench");
+    for i in 0..8u32 {
+        let crop = imageops::crop_imm(&photo(1024, 768), 64 * i, 48 * i, 512, 384).to_image();
+        form = form.part(
+            "images",
+            reqwest::multipart::Part::bytes(encode(crop.into(), ImageFormat::Png))
+                .file_name(format!("{i}.png")),
+        );
+    }
+    let r = client
+        .post(format!("{url}/api/v1/finetune"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let id = v["job_id"].as_str().unwrap().to_owned();
+    let first = loop {
+        let v = job_status(&client, &url, &id).await;
+        assert_ne!(v["state"], "failed", "{v}");
+        if v["step"].as_u64().unwrap_or(0) >= 1 {
+            break v["step"].as_u64().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (busy, wall) = run(&url, image, mask, "png", 1, args.n).await;
+    let busy = stats(&busy, wall);
+    let last = job_status(&client, &url, &id).await["step"]
+        .as_u64()
+        .unwrap();
+    let steps_per_s = (last - first) as f64 / wall.as_secs_f64();
+    let r = client
+        .delete(format!("{url}/api/v1/finetune/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    if let Some(jobs) = &state.finetune {
+        jobs.shutdown().await;
+    }
+    (info, idle, busy, steps_per_s)
+}
+
+async fn finetune_bench(args: &Args) {
+    let image = encode(photo(512, 512).into(), ImageFormat::Png);
+    let mask = encode(
+        strokes(512, 512, (96, 96, 320, 320)).into(),
+        ImageFormat::Png,
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let all = cores.to_string();
+    let mut rows = Vec::new();
+    let mut model = None;
+    for (name, flags) in [
+        (
+            "default: `--finetune-threads 1 --finetune-nice 10`",
+            vec!["--finetune-threads", "1", "--finetune-nice", "10"],
+        ),
+        (
+            "unprotected: `--finetune-threads <cores> --finetune-nice 0`",
+            vec!["--finetune-threads", all.as_str(), "--finetune-nice", "0"],
+        ),
+    ] {
+        let (info, idle, busy, steps) = with_and_without_job(args, &flags, &image, &mask).await;
+        eprintln!(
+            "{name}: p50 {:.0} ms idle, {:.0} ms with a job ({steps:.2} steps/s)",
+            idle.p50, busy.p50
+        );
+        model.get_or_insert(info);
+        rows.push((name, idle, busy, steps));
+    }
+    let info = model.unwrap();
+    let mut md = String::from("## Server: inference while a job trains\n\n");
+    md.push_str(&format!(
+        "`POST /api/v1/inpaint`, 512×512 PNG → PNG, concurrency 1, {} requests per column, \
+         measured by the client (`server-example/benches/server.rs --finetune`). Model `{}` \
+         ({}), device `{}`, 1 inference worker. The job fine-tunes that model on 8 crops of \
+         the sample photo with the default job settings (256² crops, batch 4, no VGG terms). \
+         Each row is its own server; the idle column is measured just before the job starts. \
+         {}; {} ({cores} threads).\n\n",
+        args.n,
+        info.model_id,
+        info.model_version,
+        info.device,
+        date(),
+        cpu_name(),
+    ));
+    md.push_str(&format!(
+        "Command: `cargo bench -p server-example --bench server -- {}`\n\n",
+        argv()
+    ));
+    md.push_str("| Training thread | p50 ms, no job | p50 ms, job training | ratio | p99 ms, job training | training steps/s meanwhile |\n");
+    md.push_str("|---|---|---|---|---|---|\n");
+    for (name, idle, busy, steps) in &rows {
+        md.push_str(&format!(
+            "| {name} | {:.0} | {:.0} | {:.2}× | {:.0} | {steps:.2} |\n",
+            idle.p50,
+            busy.p50,
+            busy.p50 / idle.p50,
+            busy.p99
+        ));
+    }
+    println!("{md}");
+    if let Some(path) = &args.write {
+        write_section(path, "## Server: inference while a job trains", &md);
+    }
+}
+
+fn write_section(path: &std::path::Path, heading: &str, md: &str) {
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    std::fs::write(path, replace_section(&old, heading, md)).unwrap();
+    eprintln!("wrote the `{heading}` section of {}", path.display());
+}
+
+/// `old` with its `heading` section (up to the next `## `) replaced by `section`, or with
 /// `section` appended.
-fn replace_section(old: &str, section: &str) -> String {
+fn replace_section(old: &str, heading: &str, section: &str) -> String {
     let start = old
-        .find("\n## Server\n")
+        .find(&format!("\n{heading}\n"))
         .map(|i| i + 1)
-        .or_else(|| old.starts_with("## Server\n").then_some(0));
+        .or_else(|| old.starts_with(&format!("{heading}\n")).then_some(0));
     match start {
         Some(s) => {
             let end = old[s + 1..]

@@ -78,11 +78,86 @@ pub struct Config {
     /// Send inference to another server-example at this base URL instead of loading a model.
     #[arg(long, env = "PARTIALCONV_REMOTE_MODEL", value_name = "URL")]
     pub remote_model: Option<String>,
+
+    /// Fine-tuned models kept loaded at once (least recently used first out). The server's
+    /// own model is always loaded and does not count.
+    #[arg(long, env = "PARTIALCONV_LOADED_MODELS", default_value_t = 2)]
+    pub loaded_models: usize,
+
+    /// Most photos in one fine-tune job (files, or entries of a zip).
+    #[arg(long, env = "PARTIALCONV_FINETUNE_MAX_IMAGES", default_value_t = 300)]
+    pub finetune_max_images: usize,
+
+    /// Largest fine-tune upload, in megabytes: the request body, and the unpacked photos
+    /// of a zip.
+    #[arg(long, env = "PARTIALCONV_FINETUNE_MAX_MB", default_value_t = 256.0)]
+    pub finetune_max_mb: f64,
+
+    /// Largest fine-tune photo, in pixels, read from its header.
+    #[arg(
+        long,
+        env = "PARTIALCONV_FINETUNE_MAX_PIXELS",
+        default_value_t = 25_000_000
+    )]
+    pub finetune_max_pixels: u64,
+
+    /// Fine-tune jobs one user may have queued or running at once.
+    #[arg(long, env = "PARTIALCONV_FINETUNE_MAX_QUEUED", default_value_t = 2)]
+    pub finetune_max_queued: usize,
+
+    /// Steps of a job that does not say.
+    #[arg(long, env = "PARTIALCONV_FINETUNE_STEPS", default_value_t = 500)]
+    pub finetune_steps: u64,
+
+    /// Most steps a job may ask for.
+    #[arg(long, env = "PARTIALCONV_FINETUNE_MAX_STEPS", default_value_t = 5000)]
+    pub finetune_max_steps: u64,
+
+    /// libtorch intra-op threads of the training thread (inference keeps the default).
+    #[arg(long, env = "PARTIALCONV_FINETUNE_THREADS", default_value_t = 1)]
+    pub finetune_threads: usize,
+
+    /// Nice value of the training thread (0..=19; higher yields more CPU to inference).
+    #[arg(long, env = "PARTIALCONV_FINETUNE_NICE", default_value_t = 10)]
+    pub finetune_nice: i32,
+
+    /// Side of the square training crops.
+    #[arg(long, env = "PARTIALCONV_FINETUNE_TRAIN_SIZE", default_value_t = 256)]
+    pub finetune_train_size: u32,
+
+    /// Crops per training step.
+    #[arg(long, env = "PARTIALCONV_FINETUNE_BATCH", default_value_t = 4)]
+    pub finetune_batch: i64,
+
+    /// Side of the validation crops of the held-out photos.
+    #[arg(long, env = "PARTIALCONV_FINETUNE_VAL_SIZE", default_value_t = 256)]
+    pub finetune_val_size: u32,
+
+    /// Steps between checkpoints (a restarted or cancelled job keeps the last one).
+    #[arg(
+        long,
+        env = "PARTIALCONV_FINETUNE_CHECKPOINT_EVERY",
+        default_value_t = 50
+    )]
+    pub finetune_checkpoint_every: u64,
+
+    /// Steps between validations on the held-out photos (and always at the last step).
+    #[arg(long, env = "PARTIALCONV_FINETUNE_VAL_EVERY", default_value_t = 100)]
+    pub finetune_val_every: u64,
+
+    /// VGG19 feature file (`partialconv import-vgg`) for the perceptual and style terms;
+    /// without it jobs train with L1 + TV only.
+    #[arg(long, env = "PARTIALCONV_FINETUNE_VGG")]
+    pub finetune_vgg: Option<PathBuf>,
 }
 
 impl Config {
     pub fn max_upload_bytes(&self) -> usize {
         (self.max_upload_mb * 1024.0 * 1024.0) as usize
+    }
+
+    pub fn finetune_max_bytes(&self) -> usize {
+        (self.finetune_max_mb * 1024.0 * 1024.0) as usize
     }
 
     pub fn timeout(&self) -> Duration {

@@ -45,6 +45,34 @@ pub enum AppError {
     #[error("model not ready: {0}")]
     NotReady(String),
 
+    /// No model has this id (`model` of an inference request, `base_model` of a job).
+    #[error("no model `{0}`; GET /api/v1/models lists them")]
+    UnknownModel(String),
+
+    /// No fine-tune job has this id.
+    #[error("no fine-tune job `{0}`")]
+    UnknownJob(String),
+
+    /// A fine-tune upload past one of its limits (photos per job, unpacked bytes).
+    #[error("{message}")]
+    TooMuch { code: &'static str, message: String },
+
+    /// The user already has as many fine-tune jobs queued or running as allowed.
+    #[error("user `{user}` already has {limit} fine-tune job(s) queued or running")]
+    TooManyJobs { user: String, limit: usize },
+
+    /// Well-formed but unusable: e.g. fewer than 2 readable photos for a job.
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
+
+    /// The job has already ended, so it cannot be cancelled.
+    #[error("{0}")]
+    JobFinished(String),
+
+    /// Fine-tuning needs the model in this process, not behind `--remote-model`.
+    #[error("fine-tuning and model choice run on the model tier; call it directly")]
+    FinetuneUnavailable,
+
     /// No configured history sink can answer queries.
     #[error("no history sink that can answer queries is configured")]
     HistoryUnavailable,
@@ -88,7 +116,12 @@ impl AppError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UnknownModel(_) | Self::UnknownJob(_) => StatusCode::NOT_FOUND,
+            Self::TooMuch { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyJobs { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::JobFinished(_) => StatusCode::CONFLICT,
+            Self::FinetuneUnavailable => StatusCode::NOT_IMPLEMENTED,
             Self::Overloaded | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::HistoryUnavailable => StatusCode::NOT_IMPLEMENTED,
@@ -110,6 +143,12 @@ impl AppError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::NotFound => "not_found",
+            Self::UnknownModel(_) => "unknown_model",
+            Self::UnknownJob(_) => "unknown_job",
+            Self::TooMuch { code, .. } | Self::Unprocessable { code, .. } => code,
+            Self::TooManyJobs { .. } => "too_many_jobs",
+            Self::JobFinished(_) => "job_finished",
+            Self::FinetuneUnavailable => "finetune_unavailable",
             Self::Overloaded => "overloaded",
             Self::Timeout(_) => "timeout",
             Self::NotReady(_) => "not_ready",
@@ -132,7 +171,10 @@ impl IntoResponse for AppError {
         let message = if status.is_server_error() && !matches!(self, Self::Remote { .. }) {
             match &self {
                 // These 5xx messages are safe and useful to show.
-                Self::Overloaded | Self::Timeout(_) | Self::HistoryUnavailable => self.to_string(),
+                Self::Overloaded
+                | Self::Timeout(_)
+                | Self::HistoryUnavailable
+                | Self::FinetuneUnavailable => self.to_string(),
                 Self::NotReady(_) => "the model is not loaded yet".to_owned(),
                 _ => "something went wrong".to_owned(),
             }

@@ -6,7 +6,9 @@
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod finetune;
 pub mod metrics;
+pub mod models;
 pub mod pool;
 pub mod routes;
 pub mod service;
@@ -44,8 +46,26 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/inpaint", post(routes::inpaint))
         .route("/reconstruct", post(routes::reconstruct))
         .route_layer(middleware::from_fn_with_state(state.clone(), routes::admit));
+    // Photos for a job come in one request, so it gets its own, larger body limit (the
+    // innermost limit wins).
+    let finetune = Router::new()
+        .route(
+            "/api/v1/finetune",
+            post(routes::finetune_submit).get(routes::finetune_list),
+        )
+        .layer(DefaultBodyLimit::max(state.limits.finetune_max_bytes));
     let router = Router::new()
         .merge(inference)
+        .merge(finetune)
+        .route(
+            "/api/v1/finetune/{job_id}",
+            get(routes::finetune_status).delete(routes::finetune_cancel),
+        )
+        .route(
+            "/api/v1/finetune/{job_id}/events",
+            get(routes::finetune_events),
+        )
+        .route("/api/v1/models", get(routes::models))
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
         .route("/app.css", get(web::style))
@@ -83,7 +103,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST])
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
             .allow_headers([header::CONTENT_TYPE])
             .expose_headers(
                 EXPOSED

@@ -52,8 +52,16 @@ async fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     // Printed on stdout, so scripts (and `make run`) can pick the URL up.
     println!("server-example listening on http://{addr}/");
+    let finetune = state.finetune.clone();
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Before the connections drain: this ends the job event streams, and a running
+            // job saves a checkpoint to resume from at the next start.
+            if let Some(jobs) = finetune {
+                jobs.shutdown().await;
+            }
+        })
         .await?;
     // Events may still sit in a Kafka spool; give them a chance to leave.
     if let Some(h) = history {

@@ -5,8 +5,11 @@
 //!   bounded by `queue × max upload` whatever the load.
 //! - A [`Ticket`] dropped before its job starts (the client went away, or the request timed
 //!   out) takes the job out of the queue.
-//! - A worker takes the oldest job plus every queued job of the same shape and strategy (up
-//!   to `batch_max`, optionally waiting `batch_window` for more) and runs them as one batch.
+//! - A worker takes the oldest job plus every queued job of the same shape, strategy and
+//!   model (up to `batch_max`, optionally waiting `batch_window` for more) and runs them as
+//!   one batch.
+//! - Fine-tuned models come from the [`ModelRegistry`], loaded by the worker that first
+//!   needs one.
 //! - Jobs carry the encoded bytes: decoding and encoding run on the workers too, so the async
 //!   threads only move bytes.
 
@@ -26,6 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::error::AppError;
 use crate::metrics::Metrics;
+use crate::models::{ModelKey, ModelRegistry};
 
 /// The result's encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,6 +78,8 @@ pub struct JobInput {
     pub format: OutputFormat,
     /// Image size from the header, used to group same-shape jobs.
     pub dimensions: (u32, u32),
+    /// Which model runs it; only jobs for the same model share a batch.
+    pub model: ModelKey,
 }
 
 #[derive(Debug, Clone)]
@@ -113,7 +119,7 @@ type Reply = oneshot::Sender<Result<JobOutput, AppError>>;
 
 struct Job {
     id: u64,
-    key: (u32, u32, Strategy),
+    key: (u32, u32, Strategy, ModelKey),
     input: JobInput,
     reply: Reply,
 }
@@ -127,6 +133,10 @@ pub struct PoolSettings {
     pub batch_max: usize,
     pub batch_window: Duration,
     pub max_pixels: u64,
+    /// libtorch intra-op threads of each worker. Set explicitly because libtorch's setting
+    /// is per thread but a thread's first parallel operation takes the last value any thread
+    /// set: without this, a worker would inherit the training thread's lower count.
+    pub intra_op_threads: Option<usize>,
 }
 
 struct Shared {
@@ -136,6 +146,7 @@ struct Shared {
     state: Mutex<LoadState>,
     shutdown: AtomicBool,
     metrics: Arc<Metrics>,
+    models: Arc<ModelRegistry>,
 }
 
 pub struct Pool {
@@ -146,7 +157,11 @@ pub struct Pool {
 impl Pool {
     /// Loads the model in the background, then starts the workers, so the server answers
     /// `/healthz` at once and `/readyz` once the model is loaded.
-    pub fn start(settings: PoolSettings, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        settings: PoolSettings,
+        metrics: Arc<Metrics>,
+        models: Arc<ModelRegistry>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::with_capacity(settings.queue)),
             wake: Condvar::new(),
@@ -154,6 +169,7 @@ impl Pool {
             state: Mutex::new(LoadState::Loading),
             shutdown: AtomicBool::new(false),
             metrics,
+            models,
         });
         let loader = shared.clone();
         std::thread::Builder::new()
@@ -182,7 +198,7 @@ impl Pool {
             let (w, h) = input.dimensions;
             q.push_back(Job {
                 id,
-                key: (w, h, input.strategy),
+                key: (w, h, input.strategy, input.model),
                 input,
                 reply: tx,
             });
@@ -307,12 +323,31 @@ fn load_and_start(shared: Arc<Shared>) {
     *shared.state.lock().unwrap() = LoadState::Ready(info);
 }
 
-fn worker(shared: Arc<Shared>, inpainter: Arc<Inpainter>) {
+fn worker(shared: Arc<Shared>, default: Arc<Inpainter>) {
+    if let Some(n) = shared.settings.intra_op_threads {
+        crate::finetune::pin_intra_op_threads(n);
+    }
     while let Some(batch) = next_batch(&shared) {
         shared.metrics.busy_workers.fetch_add(1, Ordering::Relaxed);
         // A libtorch panic fails this batch (its senders drop: 500), not the worker.
-        let outcome =
-            std::panic::catch_unwind(AssertUnwindSafe(|| run_batch(&inpainter, batch, &shared)));
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let inpainter = match batch[0].key.3 {
+                ModelKey::Default => Ok(default.clone()),
+                ModelKey::Tuned(id) => shared.models.get(id),
+            };
+            match inpainter {
+                Ok(inpainter) => run_batch(&inpainter, batch, &shared),
+                Err(e) => {
+                    for job in batch {
+                        let err = match &e {
+                            AppError::UnknownModel(id) => AppError::UnknownModel(id.clone()),
+                            e => AppError::internal(e),
+                        };
+                        let _ = job.reply.send(Err(err));
+                    }
+                }
+            }
+        }));
         if outcome.is_err() {
             tracing::error!("an inference batch panicked");
         }

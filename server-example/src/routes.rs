@@ -1,22 +1,27 @@
 //! Thin handlers: parse the request, call [`service`](crate::service), shape the answer.
 
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{MatchedPath, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::Stream;
 use history_sink::{HistoryError, HistoryQuery};
 use partialconv::Strategy;
 use serde::Deserialize;
 
 use crate::error::{with_limit, AppError};
+use crate::finetune::{JobStatus, Upload};
+use crate::models::DEFAULT_MODEL;
 use crate::pool::OutputFormat;
 use crate::service::{self, image_url, InpaintRequest};
 use crate::state::AppState;
@@ -50,8 +55,8 @@ pub async fn inpaint(
 ) -> Result<Response, AppError> {
     let limit = state.limits.max_upload_mb;
     let mut multipart = multipart?;
-    let (mut image, mut mask, mut user_id, mut strategy, mut format) =
-        (None, None, None, None, None);
+    let (mut image, mut mask, mut user_id, mut strategy, mut format, mut model) =
+        (None, None, None, None, None, None);
     while let Some(field) = multipart
         .next_field()
         .await
@@ -68,6 +73,7 @@ pub async fn inpaint(
             "user_id" => user_id = Some(text(bytes, "user_id")?),
             "strategy" => strategy = Some(text(bytes, "strategy")?),
             "format" => format = Some(text(bytes, "format")?),
+            "model" => model = Some(text(bytes, "model")?),
             _ => {} // unknown fields are ignored, for forward compatibility
         }
     }
@@ -79,6 +85,7 @@ pub async fn inpaint(
             user_id,
             strategy: parse_strategy(strategy.as_deref())?,
             format: parse_format(format.as_deref())?,
+            model,
             record: !headers.contains_key(NO_HISTORY_HEADER),
         },
     )
@@ -121,6 +128,7 @@ pub struct ReconstructRequest {
     user_id: Option<String>,
     strategy: Option<String>,
     format: Option<String>,
+    model: Option<String>,
 }
 
 /// `data:[<type>][;base64],<payload>` → bytes. Only base64 payloads carry images.
@@ -160,6 +168,7 @@ pub async fn reconstruct(
             user_id: req.user_id,
             strategy: parse_strategy(req.strategy.as_deref())?,
             format,
+            model: req.model,
             record: true,
         },
     )
@@ -275,6 +284,165 @@ pub async fn history(
     Ok(Json(
         serde_json::json!({ "events": events, "next_before": next_before }),
     ))
+}
+
+/// Multipart: `images` (repeatable; photos or zips of photos), `user_id`, `base_model`,
+/// `name`, `steps`. Limits and decoding are checked before the job is queued.
+pub async fn finetune_submit(
+    State(state): State<AppState>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
+    let jobs = state.finetune()?;
+    let limit_mb = state.limits.finetune_max_bytes as f64 / (1024.0 * 1024.0);
+    let max_images = jobs.settings().max_images;
+    let mut multipart = multipart?;
+    let mut upload = Upload::default();
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| with_limit(e.into(), limit_mb))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        let file_name = field.file_name().map(str::to_owned);
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| with_limit(e.into(), limit_mb))?;
+        match name.as_str() {
+            "images" | "images[]" => {
+                let n = upload.files.len();
+                upload
+                    .files
+                    .push((file_name.unwrap_or_else(|| format!("images[{n}]")), bytes));
+                if upload.files.len() > max_images {
+                    return Err(AppError::TooMuch {
+                        code: "too_many_images",
+                        message: format!("a fine-tune job takes at most {max_images} photos"),
+                    });
+                }
+            }
+            "user_id" => upload.user_id = Some(text(bytes, "user_id")?),
+            "base_model" => upload.base_model = Some(text(bytes, "base_model")?),
+            "name" => upload.name = Some(text(bytes, "name")?),
+            "steps" => upload.steps = Some(text(bytes, "steps")?),
+            _ => {}
+        }
+    }
+    let prepared = jobs.prepare(upload).await?;
+    let status = jobs.submit(prepared).await?;
+    let id = status.job_id;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "job_id": id,
+            "state": status.state,
+            "status_url": format!("/api/v1/finetune/{id}"),
+            "events_url": format!("/api/v1/finetune/{id}/events"),
+        })),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JobsParams {
+    user_id: Option<String>,
+}
+
+pub async fn finetune_list(
+    State(state): State<AppState>,
+    params: Result<Query<JobsParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let Query(p) = params?;
+    let user = service::check_user_id(p.user_id)?;
+    let jobs = state.finetune()?.list(user.as_deref());
+    Ok(Json(serde_json::json!({ "jobs": jobs })))
+}
+
+pub async fn finetune_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, AppError> {
+    Ok(Json(state.finetune()?.status(&id)?))
+}
+
+/// How long `DELETE` waits for a running job to save its checkpoint and stop.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+pub async fn finetune_cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<JobStatus>), AppError> {
+    let status = state.finetune()?.cancel(&id, CANCEL_WAIT).await?;
+    // 202 while a long step is still finishing; the status or the events say when it has.
+    let code = if status.state.is_over() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((code, Json(status)))
+}
+
+/// `status` events with the job's JSON status, at every change, ending with the final one.
+pub async fn finetune_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+    let (rx, closing) = state.finetune()?.subscribe(&id)?;
+    let stream = futures_util::stream::unfold(
+        (rx, closing, true, false),
+        |(mut rx, mut closing, first, over)| async move {
+            if over || *closing.borrow() {
+                return None;
+            }
+            if !first {
+                tokio::select! {
+                    changed = rx.changed() => changed.ok()?,
+                    _ = closing.wait_for(|c| *c) => return None,
+                }
+            }
+            let status = rx.borrow_and_update().clone();
+            let over = status.state.is_over();
+            let event = Event::default()
+                .event("status")
+                .json_data(&status)
+                .unwrap_or_else(|_| Event::default().event("status"));
+            Some((Ok(event), (rx, closing, false, over)))
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The server's model and every finished job's.
+pub async fn models(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+    let jobs = state.finetune()?;
+    let mut list = Vec::new();
+    let info = state.backend.model_info().await;
+    list.push(serde_json::json!({
+        "id": DEFAULT_MODEL,
+        "kind": "default",
+        "name": info.as_ref().map(|i| i.model_id.clone()),
+        "base": null,
+        "model_version": info.as_ref().map(|i| i.model_version.clone()),
+        "created_at": null,
+        "data": info.as_ref().map(|i| i.config["training"].clone()),
+        "validation": null,
+        "loaded": info.is_some(),
+    }));
+    let loaded = state.models.loaded();
+    for job in jobs.finished() {
+        list.push(serde_json::json!({
+            "id": job.job_id,
+            "kind": "finetuned",
+            "name": job.name,
+            "base": job.base_model,
+            "created_at": job.finished_at,
+            "user_id": job.user_id,
+            "steps": job.total_steps,
+            "data": job.images,
+            "validation": job.validation,
+            "loaded": loaded.contains(&job.job_id),
+        }));
+    }
+    Ok(Json(serde_json::json!({ "models": list })))
 }
 
 pub async fn healthz() -> Json<serde_json::Value> {

@@ -13,7 +13,9 @@ use image::{ImageDecoder, ImageReader};
 use partialconv::Strategy;
 use uuid::Uuid;
 
+use crate::backend::Backend;
 use crate::error::AppError;
+use crate::models::ModelKey;
 use crate::pool::{JobInput, JobOutput, OutputFormat};
 use crate::state::AppState;
 
@@ -28,6 +30,8 @@ pub struct InpaintRequest {
     pub user_id: Option<String>,
     pub strategy: Strategy,
     pub format: OutputFormat,
+    /// A model id from `GET /api/v1/models`; `None` for the server's own.
+    pub model: Option<String>,
     /// False for calls from a web tier, which records the event itself.
     pub record: bool,
 }
@@ -120,12 +124,14 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
         }));
     }
     let user_id = check_user_id(req.user_id)?;
+    let model = resolve_model(state, req.model.as_deref())?;
     let input = JobInput {
         image: req.image.clone(),
         mask: req.mask.clone(),
         strategy: req.strategy,
         format: req.format,
         dimensions,
+        model,
     };
     let timeout = state.limits.timeout;
     let output = tokio::time::timeout(timeout, state.backend.infer(input))
@@ -176,8 +182,12 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
             .with_strategy(output.strategy.clone())
             .with_latency_ms(started.elapsed().as_millis() as u64);
         if let Some(info) = state.backend.model_info().await {
+            let id = match model {
+                ModelKey::Default => info.model_id,
+                tuned => tuned.to_string(),
+            };
             event = event
-                .with_model(info.model_id, info.model_version)
+                .with_model(id, info.model_version)
                 .with_device(info.device);
         }
         // The user has their result; the event is best effort.
@@ -204,6 +214,21 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
         event_id,
         result_key,
     })
+}
+
+/// The model a request names. A web tier (`--remote-model`) has no model files: it passes
+/// any well-formed id on, and the model tier answers 404 for unknown ones.
+fn resolve_model(state: &AppState, id: Option<&str>) -> Result<ModelKey, AppError> {
+    match &*state.backend {
+        Backend::Local(_) => state.models.resolve(id),
+        Backend::Remote(_) => match id.map(str::trim).filter(|s| !s.is_empty()) {
+            None | Some(crate::models::DEFAULT_MODEL) => Ok(ModelKey::Default),
+            Some(s) => s
+                .parse()
+                .map(ModelKey::Tuned)
+                .map_err(|_| AppError::UnknownModel(s.chars().take(64).collect())),
+        },
+    }
 }
 
 /// `/images/{key}` for a store URI (`file:///…/<key>` or `s3://bucket/…/<key>`).

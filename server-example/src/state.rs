@@ -9,7 +9,9 @@ use tokio::sync::Semaphore;
 
 use crate::backend::{Backend, Remote};
 use crate::config::Config;
+use crate::finetune::{FineTunes, FinetuneSettings};
 use crate::metrics::Metrics;
+use crate::models::ModelRegistry;
 use crate::pool::{Pool, PoolSettings};
 
 /// Request limits and policies that handlers check.
@@ -18,6 +20,7 @@ pub struct Limits {
     pub max_upload_bytes: usize,
     pub max_upload_mb: f64,
     pub max_pixels: u64,
+    pub finetune_max_bytes: usize,
     pub timeout: Duration,
     pub cors_origins: Vec<String>,
 }
@@ -34,6 +37,10 @@ pub struct AppState {
     /// Inference requests admitted at once (reading a body, queued, running, storing): with
     /// the body limit, this bounds the memory that uploads can take.
     pub admission: Arc<Semaphore>,
+    /// The server's model and the fine-tuned ones, by id.
+    pub models: Arc<ModelRegistry>,
+    /// `None` with `--remote-model`: jobs train where the model runs.
+    pub finetune: Option<Arc<FineTunes>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,20 +67,49 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let history = open_history(cfg).await?;
         let images = open_images(cfg)?;
-        let backend = match &cfg.remote_model {
-            Some(url) => Backend::Remote(Remote::new(url, cfg.workers, cfg.queue, cfg.timeout())),
-            None => Backend::Local(Pool::start(
-                PoolSettings {
-                    model: cfg.model.clone(),
-                    device: partialconv::inpainter::parse_device(&cfg.device)?,
-                    workers: cfg.workers,
-                    queue: cfg.queue,
-                    batch_max: cfg.batch_max,
-                    batch_window: Duration::from_millis(cfg.batch_window_ms),
-                    max_pixels: cfg.max_pixels,
-                },
-                metrics.clone(),
-            )),
+        let device = match &cfg.remote_model {
+            Some(_) => tch::Device::Cpu,
+            None => partialconv::inpainter::parse_device(&cfg.device)?,
+        };
+        let finetune_dir = cfg.data_dir.join("finetune");
+        let models = Arc::new(ModelRegistry::new(
+            finetune_dir.join("jobs"),
+            device,
+            cfg.loaded_models,
+        ));
+        // Read before the training thread lowers its own count: libtorch gives threads that
+        // have not chosen one the count last set by any thread.
+        let intra_op_threads = tch::get_num_threads().max(1) as usize;
+        let (backend, finetune) = match &cfg.remote_model {
+            Some(url) => (
+                Backend::Remote(Remote::new(url, cfg.workers, cfg.queue, cfg.timeout())),
+                None,
+            ),
+            None => {
+                let pool = Pool::start(
+                    PoolSettings {
+                        model: cfg.model.clone(),
+                        device,
+                        workers: cfg.workers,
+                        queue: cfg.queue,
+                        batch_max: cfg.batch_max,
+                        batch_window: Duration::from_millis(cfg.batch_window_ms),
+                        max_pixels: cfg.max_pixels,
+                        intra_op_threads: Some(intra_op_threads),
+                    },
+                    metrics.clone(),
+                    models.clone(),
+                );
+                let finetune = FineTunes::open(
+                    finetune_dir.clone(),
+                    finetune_settings(cfg, device),
+                    models.clone(),
+                    history.clone(),
+                    metrics.clone(),
+                )
+                .map_err(|e| StartupError::Config(format!("{}: {e}", finetune_dir.display())))?;
+                (Backend::Local(pool), Some(Arc::new(finetune)))
+            }
         };
         let admitted = 2 * (cfg.workers.max(1) + cfg.queue);
         Ok(Self {
@@ -82,14 +118,47 @@ impl AppState {
             history,
             images,
             metrics,
+            models,
+            finetune,
             limits: Arc::new(Limits {
                 max_upload_bytes: cfg.max_upload_bytes(),
                 max_upload_mb: cfg.max_upload_mb,
                 max_pixels: cfg.max_pixels,
+                finetune_max_bytes: cfg.finetune_max_bytes(),
                 timeout: cfg.timeout(),
                 cors_origins: cfg.cors_origin.clone(),
             }),
         })
+    }
+}
+
+fn finetune_settings(cfg: &Config, device: tch::Device) -> FinetuneSettings {
+    FinetuneSettings {
+        max_images: cfg.finetune_max_images,
+        max_bytes: cfg.finetune_max_bytes(),
+        max_pixels: cfg.finetune_max_pixels,
+        max_queued: cfg.finetune_max_queued,
+        default_steps: cfg.finetune_steps.clamp(1, cfg.finetune_max_steps.max(1)),
+        max_steps: cfg.finetune_max_steps.max(1),
+        threads: cfg.finetune_threads,
+        nice: cfg.finetune_nice,
+        train_size: cfg.finetune_train_size,
+        batch: cfg.finetune_batch.max(1),
+        val_size: cfg.finetune_val_size,
+        checkpoint_every: cfg.finetune_checkpoint_every,
+        val_every: cfg.finetune_val_every,
+        vgg: cfg.finetune_vgg.clone(),
+        device,
+        default_model: cfg.model.clone(),
+    }
+}
+
+impl AppState {
+    /// The job manager, or 501 on a web tier (`--remote-model`).
+    pub fn finetune(&self) -> Result<&Arc<FineTunes>, crate::AppError> {
+        self.finetune
+            .as_ref()
+            .ok_or(crate::AppError::FinetuneUnavailable)
     }
 }
 

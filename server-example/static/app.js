@@ -363,6 +363,7 @@
     form.append('image', state.file, state.file.name || 'image');
     form.append('mask', await maskBlob(), 'mask.png');
     form.append('user_id', userId);
+    if ($('model').value !== 'default') form.append('model', $('model').value);
     const xhr = new XMLHttpRequest();
     xhr.open('POST', '/api/v1/inpaint');
     xhr.responseType = 'blob';
@@ -456,6 +457,7 @@
       const when = new Date(ev.occurred_at);
       const label = document.createElement('span');
       label.textContent = `${when.toLocaleString()}` +
+        (ev.kind === 'finetune' ? ` · training ${ev.strategy || ''}` : '') +
         (ev.width ? ` · ${ev.width}×${ev.height}` : '');
       b.append(label);
       b.disabled = !ev.result_url;
@@ -470,7 +472,147 @@
     }
   }
 
+  // ---- models and fine-tuning ----
+
+  const training = { files: [], jobId: null, events: null };
+
+  // Fills the model selector; hides it and the panel where the server cannot fine-tune.
+  async function loadModels(select) {
+    let r;
+    try {
+      r = await fetch('/api/v1/models');
+    } catch (_) {
+      return;
+    }
+    if (!r.ok) return;
+    const { models } = await r.json();
+    const menu = $('model');
+    const keep = select || menu.value;
+    menu.replaceChildren();
+    for (const m of models) {
+      const o = document.createElement('option');
+      o.value = m.id;
+      if (m.kind === 'default') {
+        o.textContent = 'Default';
+      } else {
+        const psnr = m.validation && m.validation.finetuned;
+        o.textContent = (m.name || `trained ${m.id.slice(-6)}`) +
+          (psnr ? ` (${psnr.mean_psnr.toFixed(1)} dB)` : '');
+      }
+      menu.append(o);
+    }
+    menu.value = models.some((m) => m.id === keep) ? keep : 'default';
+    menu.closest('label').hidden = models.length < 2;
+    $('train').hidden = false;
+  }
+
+  function trainState(kind, text) {
+    $('train').dataset.state = kind;
+    $('train-status').textContent = text || '';
+    const busy = kind === 'queued' || kind === 'running';
+    $('train-go').disabled = busy || training.files.length === 0;
+    $('train-cancel').hidden = !busy;
+    $('train-progress').hidden = !busy && kind !== 'done';
+    $('train-use').hidden = kind !== 'done';
+  }
+
+  function describe(s) {
+    const parts = [`step ${s.step} of ${s.total_steps}`];
+    if (s.loss != null) parts.push(`loss ${s.loss.toFixed(4)}`);
+    if (s.val_psnr != null) parts.push(`held-out PSNR ${s.val_psnr.toFixed(2)} dB`);
+    if (s.eta_s != null && s.state === 'running') parts.push(`about ${Math.ceil(s.eta_s)} s left`);
+    if (s.images && s.images.skipped) parts.push(`${s.images.skipped} unreadable file(s) skipped`);
+    return parts.join(' · ');
+  }
+
+  function showJob(s) {
+    const bar = $('train-progress');
+    bar.value = s.total_steps ? s.step / s.total_steps : 0;
+    if (s.state === 'queued') {
+      trainState('queued', 'Waiting for the previous training job…');
+    } else if (s.state === 'running') {
+      trainState('running', describe(s));
+    } else if (s.state === 'done') {
+      const v = s.validation || {};
+      const gain = v.base && v.finetuned
+        ? ` Held-out photos: ${v.base.mean_psnr.toFixed(2)} → ${v.finetuned.mean_psnr.toFixed(2)} dB PSNR.`
+        : '';
+      trainState('done', `Done: ${describe(s)}.${gain}`);
+      loadModels();
+    } else if (s.state === 'failed') {
+      trainState('failed', `Training failed: ${s.error || 'unknown error'}`);
+    } else {
+      trainState('cancelled', `Cancelled at step ${s.checkpoint_step ?? s.step}.`);
+    }
+  }
+
+  function follow(jobId) {
+    training.jobId = jobId;
+    if (training.events) training.events.close();
+    const events = new EventSource(`/api/v1/finetune/${jobId}/events`);
+    training.events = events;
+    events.addEventListener('status', (e) => {
+      const s = JSON.parse(e.data);
+      showJob(s);
+      // The server ends the stream after the last state; do not let EventSource reconnect.
+      if (!['queued', 'running'].includes(s.state)) events.close();
+    });
+  }
+
+  $('train-files').addEventListener('change', (e) => {
+    training.files = [...e.target.files];
+    const n = training.files.length;
+    $('train-picked').textContent = n ? `${n} file(s) picked.` : 'No photos picked.';
+    trainState($('train').dataset.state === 'running' ? 'running' : 'idle');
+  });
+
+  $('train-go').addEventListener('click', async () => {
+    const form = new FormData();
+    for (const f of training.files) form.append('images', f, f.name);
+    form.append('user_id', userId);
+    if ($('train-name').value.trim()) form.append('name', $('train-name').value.trim());
+    if ($('train-steps').value) form.append('steps', $('train-steps').value);
+    trainState('queued', 'Uploading…');
+    let r;
+    try {
+      r = await fetch('/api/v1/finetune', { method: 'POST', body: form });
+    } catch (_) {
+      trainState('failed', 'Network error: the server could not be reached.');
+      return;
+    }
+    if (r.status !== 202) {
+      trainState('failed', await errorText(await r.blob(), r.status));
+      return;
+    }
+    follow((await r.json()).job_id);
+  });
+
+  $('train-cancel').addEventListener('click', () => {
+    if (training.jobId) fetch(`/api/v1/finetune/${training.jobId}`, { method: 'DELETE' });
+  });
+
+  $('train-use').addEventListener('click', () => {
+    $('model').value = training.jobId;
+    $('model').closest('label').hidden = false;
+    setStatus('The new model fills the holes from now on.');
+  });
+
+  // A job started before a reload is followed again.
+  async function resumeTraining() {
+    let r;
+    try {
+      r = await fetch(`/api/v1/finetune?user_id=${encodeURIComponent(userId)}`);
+    } catch (_) {
+      return;
+    }
+    if (!r.ok) return;
+    const { jobs } = await r.json();
+    const live = jobs.filter((j) => j.state === 'queued' || j.state === 'running').pop();
+    if (live) follow(live.job_id);
+  }
+
   setSize(state.size);
   updateButtons();
   loadHistory();
+  loadModels().then(resumeTraining);
 })();

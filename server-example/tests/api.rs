@@ -488,6 +488,10 @@ async fn health_readiness_metrics_openapi_and_page() {
         "/readyz",
         "/metrics",
         "/api/v1/openapi.json",
+        "/api/v1/finetune",
+        "/api/v1/finetune/{job_id}",
+        "/api/v1/finetune/{job_id}/events",
+        "/api/v1/models",
     ] {
         assert!(v["paths"].get(path).is_some(), "{path} undocumented");
     }

@@ -451,3 +451,128 @@ async fn upload_brush_go_and_see_the_result() {
     eprintln!("screenshot: {}", shot.display());
     d.call("DELETE", "", Value::Null).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn train_on_my_photos_then_inpaint_with_the_new_model() {
+    let s = start(&[
+        "--finetune-train-size",
+        "32",
+        "--finetune-val-size",
+        "32",
+        "--finetune-batch",
+        "2",
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<String> = (0..4u32)
+        .map(|i| {
+            let p = dir.path().join(format!("photo{i}.png"));
+            picture(64 + 8 * i, 48).save(&p).unwrap();
+            p.display().to_string()
+        })
+        .collect();
+
+    let d = Driver::start(&dir.path().join("profile")).await;
+    d.call("POST", "/url", json!({"url": format!("{}/", s.url)}))
+        .await;
+    d.wait_for(
+        "the training panel",
+        "return !document.getElementById('train').hidden",
+        Duration::from_secs(10),
+    )
+    .await;
+    let files = d.find("#train-files").await;
+    let files_id = files[ELEMENT].as_str().unwrap().to_owned();
+    d.call(
+        "POST",
+        &format!("/element/{files_id}/value"),
+        json!({"text": paths.join("\n")}),
+    )
+    .await;
+    d.js("document.getElementById('train-steps').value = '6'; document.getElementById('train-name').value = 'stripes';")
+        .await;
+    d.click("#train-go").await;
+    d.wait_for(
+        "the job to finish",
+        "return document.getElementById('train').dataset.state === 'done'",
+        Duration::from_secs(120),
+    )
+    .await;
+    let (progress, text) = {
+        let v = d
+            .js("return [document.getElementById('train-progress').value,
+                         document.getElementById('train-status').textContent]")
+            .await;
+        (v[0].as_f64().unwrap(), v[1].as_str().unwrap().to_owned())
+    };
+    assert_eq!(progress, 1.0);
+    assert!(
+        text.contains("step 6 of 6") && text.contains("loss"),
+        "{text}"
+    );
+    let jobs: Value = s.get("/api/v1/finetune").await.json().await.unwrap();
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["state"], "done");
+    assert_eq!(job["name"], "stripes");
+    assert_eq!(
+        job["images"]["train"].as_u64().unwrap() + job["images"]["holdout"].as_u64().unwrap(),
+        4
+    );
+    let job_id = job["job_id"].as_str().unwrap().to_owned();
+
+    // Choose it, then inpaint: the request runs on the new model.
+    d.click("#train-use").await;
+    assert_eq!(
+        d.js("return document.getElementById('model').value").await,
+        json!(job_id)
+    );
+    let image_path = dir.path().join("photo.png");
+    picture(320, 240).save(&image_path).unwrap();
+    let file = d.find("#file").await;
+    let file_id = file[ELEMENT].as_str().unwrap().to_owned();
+    d.call(
+        "POST",
+        &format!("/element/{file_id}/value"),
+        json!({"text": image_path.display().to_string()}),
+    )
+    .await;
+    d.wait_for(
+        "the image to load",
+        "return document.body.dataset.state === 'ready'",
+        Duration::from_secs(20),
+    )
+    .await;
+    d.drag("#mask", &[(-40, 0), (0, 0), (40, 0)]).await;
+    d.click("#go").await;
+    d.wait_for(
+        "the result",
+        "return document.body.dataset.state === 'done'",
+        Duration::from_secs(120),
+    )
+    .await;
+    let event_id = d
+        .js("return document.getElementById('result').dataset.eventId")
+        .await;
+    let user_id = d
+        .js("return localStorage.getItem('partialconv-user-id')")
+        .await;
+    let v: Value = s
+        .get(&format!(
+            "/api/v1/history?user_id={}",
+            user_id.as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ev = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == event_id)
+        .unwrap()
+        .clone();
+    assert_eq!(ev["model_id"], json!(job_id));
+    d.screenshot("train.png").await;
+    d.call("DELETE", "", Value::Null).await;
+}

@@ -4,7 +4,7 @@
 use std::io::Cursor;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -38,7 +38,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub url: String,
     pub state: AppState,
-    pub data_dir: tempfile::TempDir,
+    /// Shared, so that a second server can start on the same data (a restart).
+    pub data_dir: Arc<tempfile::TempDir>,
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -59,7 +60,15 @@ pub async fn start(args: &[&str]) -> TestServer {
 }
 
 pub async fn start_with(args: &[&str], edit: impl FnOnce(&mut AppState)) -> TestServer {
-    let data_dir = tempfile::tempdir().unwrap();
+    start_in(Arc::new(tempfile::tempdir().unwrap()), args, edit).await
+}
+
+/// A server on an existing data dir: what a restart looks like.
+pub async fn start_in(
+    data_dir: Arc<tempfile::TempDir>,
+    args: &[&str],
+    edit: impl FnOnce(&mut AppState),
+) -> TestServer {
     let mut argv: Vec<String> = vec![
         "server-example".into(),
         "--data-dir".into(),
@@ -104,6 +113,17 @@ pub async fn start_with(args: &[&str], edit: impl FnOnce(&mut AppState)) -> Test
 }
 
 impl TestServer {
+    /// Stops as `main` does on SIGTERM: the training thread saves a checkpoint of a running
+    /// job and exits, then the server stops accepting requests.
+    pub async fn stop(mut self) {
+        if let Some(jobs) = &self.state.finetune {
+            jobs.shutdown().await;
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -1,0 +1,190 @@
+//! Which model a request runs on: the server's own (`default`), or a fine-tuned one named
+//! by its job id. Fine-tuned models load on first use and stay in a small LRU cache.
+//!
+//! Model ids come from the server (UUIDs it generated), and a file path is built only
+//! from an id that parsed as one, so no request can name a path.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use partialconv::Inpainter;
+use uuid::Uuid;
+
+use crate::error::AppError;
+
+/// The id of the model the server was started with.
+pub const DEFAULT_MODEL: &str = "default";
+
+/// The model file of a finished job, inside its job folder.
+pub const MODEL_FILE: &str = "model.safetensors";
+
+/// A resolved model id: what the worker pool groups batches by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ModelKey {
+    #[default]
+    Default,
+    Tuned(Uuid),
+}
+
+impl std::fmt::Display for ModelKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => f.write_str(DEFAULT_MODEL),
+            Self::Tuned(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+pub struct ModelRegistry {
+    jobs_dir: PathBuf,
+    device: tch::Device,
+    capacity: usize,
+    /// Most recently used last.
+    cache: Mutex<Vec<(Uuid, Arc<Inpainter>)>>,
+    loads: AtomicU64,
+}
+
+impl ModelRegistry {
+    /// `jobs_dir` holds one folder per job id; a finished job's folder has [`MODEL_FILE`].
+    pub fn new(jobs_dir: PathBuf, device: tch::Device, capacity: usize) -> Self {
+        Self {
+            jobs_dir,
+            device,
+            capacity: capacity.max(1),
+            cache: Mutex::new(Vec::new()),
+            loads: AtomicU64::new(0),
+        }
+    }
+
+    pub fn job_dir(&self, id: Uuid) -> PathBuf {
+        self.jobs_dir.join(id.to_string())
+    }
+
+    pub fn model_path(&self, id: Uuid) -> PathBuf {
+        self.job_dir(id).join(MODEL_FILE)
+    }
+
+    /// `None`, empty or `default` → the server's model; a finished job's id → its model;
+    /// anything else → 404.
+    pub fn resolve(&self, id: Option<&str>) -> Result<ModelKey, AppError> {
+        let id = match id.map(str::trim).filter(|s| !s.is_empty()) {
+            None => return Ok(ModelKey::Default),
+            Some(DEFAULT_MODEL) => return Ok(ModelKey::Default),
+            Some(id) => id,
+        };
+        let unknown = || AppError::UnknownModel(id.chars().take(64).collect());
+        let uuid = Uuid::parse_str(id).map_err(|_| unknown())?;
+        if self.model_path(uuid).is_file() {
+            Ok(ModelKey::Tuned(uuid))
+        } else {
+            Err(unknown())
+        }
+    }
+
+    /// The loaded model for a fine-tuned id, loading it (on the calling thread) if needed.
+    pub fn get(&self, id: Uuid) -> Result<Arc<Inpainter>, AppError> {
+        {
+            let mut cache = self.cache.lock().unwrap();
+            if let Some(pos) = cache.iter().position(|(k, _)| *k == id) {
+                let entry = cache.remove(pos);
+                let model = entry.1.clone();
+                cache.push(entry);
+                return Ok(model);
+            }
+        }
+        // Loaded outside the lock, so a slow load does not stall requests for other models;
+        // two workers racing on the same id both load it and one copy is dropped.
+        let path = self.model_path(id);
+        if !path.is_file() {
+            return Err(AppError::UnknownModel(id.to_string()));
+        }
+        let model = Arc::new(load(&path, self.device)?);
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        let mut cache = self.cache.lock().unwrap();
+        if let Some(pos) = cache.iter().position(|(k, _)| *k == id) {
+            cache.remove(pos);
+        }
+        cache.push((id, model.clone()));
+        while cache.len() > self.capacity {
+            let (evicted, _) = cache.remove(0);
+            tracing::info!(model = %evicted, "unloaded a fine-tuned model (LRU)");
+        }
+        Ok(model)
+    }
+
+    /// Ids of the loaded fine-tuned models, least recently used first.
+    pub fn loaded(&self) -> Vec<Uuid> {
+        self.cache.lock().unwrap().iter().map(|(k, _)| *k).collect()
+    }
+
+    /// How many times a fine-tuned model was read from disk.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+}
+
+fn load(path: &Path, device: tch::Device) -> Result<Inpainter, AppError> {
+    Inpainter::load(Some(path), device).map_err(|e| {
+        tracing::error!("loading {}: {e}", path.display());
+        AppError::internal(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use partialconv::{Model, ModelMeta, PConvUNetConfig, Storage};
+
+    fn registry_with(n: usize, capacity: usize) -> (tempfile::TempDir, ModelRegistry, Vec<Uuid>) {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = ModelRegistry::new(dir.path().to_owned(), tch::Device::Cpu, capacity);
+        let config = PConvUNetConfig {
+            layer_size: 4,
+            width: 4,
+            ..Default::default()
+        };
+        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+        for id in &ids {
+            std::fs::create_dir_all(reg.job_dir(*id)).unwrap();
+            Model::new(ModelMeta::new(config), tch::Device::Cpu)
+                .unwrap()
+                .save(&reg.model_path(*id), Storage::F32)
+                .unwrap();
+        }
+        (dir, reg, ids)
+    }
+
+    #[test]
+    fn resolve_accepts_default_and_finished_jobs_only() {
+        let (_dir, reg, ids) = registry_with(1, 2);
+        assert_eq!(reg.resolve(None).unwrap(), ModelKey::Default);
+        assert_eq!(reg.resolve(Some(" ")).unwrap(), ModelKey::Default);
+        assert_eq!(reg.resolve(Some("default")).unwrap(), ModelKey::Default);
+        let id = ids[0].to_string();
+        assert_eq!(reg.resolve(Some(&id)).unwrap(), ModelKey::Tuned(ids[0]));
+        for bad in ["../etc/passwd", "bundled", &Uuid::now_v7().to_string()] {
+            let e = reg.resolve(Some(bad)).unwrap_err();
+            assert_eq!(e.code(), "unknown_model", "{bad}");
+        }
+    }
+
+    #[test]
+    fn least_recently_used_model_is_unloaded_first() {
+        let (_dir, reg, ids) = registry_with(3, 2);
+        let (a, b, c) = (ids[0], ids[1], ids[2]);
+        reg.get(a).unwrap();
+        reg.get(b).unwrap();
+        reg.get(a).unwrap(); // a is now the most recent
+        assert_eq!(
+            reg.loads(),
+            2,
+            "a second use of a loaded model reads nothing"
+        );
+        reg.get(c).unwrap();
+        assert_eq!(reg.loaded(), vec![a, c], "b was the least recently used");
+        reg.get(b).unwrap();
+        assert_eq!(reg.loads(), 4, "b was read again after its eviction");
+        assert_eq!(reg.loaded(), vec![c, b]);
+    }
+}

@@ -1,0 +1,543 @@
+//! Fine-tune jobs over a real socket: a tiny job trains to done and its model serves
+//! inpainting; progress streams; cancel; restart with a running and a queued job; limits.
+//!
+//! Jobs fine-tune the tests' tiny model (width 4) on 32×32 crops, so a step takes
+//! milliseconds on any CPU.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::*;
+use image::{Rgb, RgbImage};
+use serde_json::Value;
+
+/// Small crops and batches, so jobs finish in seconds.
+const TINY: &[&str] = &[
+    "--finetune-train-size",
+    "32",
+    "--finetune-val-size",
+    "32",
+    "--finetune-batch",
+    "2",
+    "--finetune-val-every",
+    "1000",
+    "--finetune-checkpoint-every",
+    "2",
+    "--finetune-max-steps",
+    "1000000",
+];
+
+fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    TINY.iter().copied().chain(extra.iter().copied()).collect()
+}
+
+/// Smooth gradients with a soft blob that moves with `i`: a photo "domain".
+fn photo(i: u32, w: u32, h: u32) -> Vec<u8> {
+    png(RgbImage::from_fn(w, h, |x, y| {
+        let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+        let blob = (-((fx - 0.3 - 0.05 * i as f32).powi(2) + (fy - 0.6).powi(2)) * 20.0).exp();
+        Rgb([
+            (255.0 * (0.2 + 0.6 * fx)) as u8,
+            (255.0 * (0.3 + 0.5 * fy * (1.0 - blob))) as u8,
+            (255.0 * (0.1 + 0.8 * blob)) as u8,
+        ])
+    }))
+}
+
+fn photos(n: u32) -> Vec<Vec<u8>> {
+    (0..n).map(|i| photo(i, 64, 48)).collect()
+}
+
+fn job_form(files: Vec<Vec<u8>>) -> reqwest::multipart::Form {
+    files
+        .into_iter()
+        .enumerate()
+        .fold(reqwest::multipart::Form::new(), |f, (i, bytes)| {
+            f.part(
+                "images",
+                reqwest::multipart::Part::bytes(bytes).file_name(format!("p{i}.png")),
+            )
+        })
+}
+
+fn zip_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for (name, bytes) in files {
+            z.start_file(*name, opts).unwrap();
+            z.write_all(bytes).unwrap();
+        }
+        z.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+impl TestServer {
+    async fn submit(&self, form: reqwest::multipart::Form) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/v1/finetune", self.url))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Submits and expects 202; the job id.
+    async fn submit_ok(&self, form: reqwest::multipart::Form) -> String {
+        let r = self.submit(form).await;
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["state"], "queued");
+        v["job_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn job(&self, id: &str) -> Value {
+        let r = self.get(&format!("/api/v1/finetune/{id}")).await;
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    async fn wait_job(&self, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = self.job(id).await;
+            if ok(&v) {
+                return v;
+            }
+            assert_ne!(v["state"], "failed", "{v}");
+            assert!(Instant::now() < deadline, "waiting for {what}: {v}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn cancel(&self, id: &str) -> reqwest::Response {
+        self.client
+            .delete(format!("{}/api/v1/finetune/{id}", self.url))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn models(&self) -> Vec<Value> {
+        let v: Value = self.get("/api/v1/models").await.json().await.unwrap();
+        v["models"].as_array().unwrap().clone()
+    }
+
+    /// The job's server-sent events, until the stream ends.
+    async fn events(&self, id: &str) -> Vec<Value> {
+        let mut r = self.get(&format!("/api/v1/finetune/{id}/events")).await;
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let mut text = String::new();
+        let read = async {
+            while let Some(chunk) = r.chunk().await.unwrap() {
+                text.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), read)
+            .await
+            .expect("the event stream ends when the job does");
+        text.split("\n\n")
+            .filter(|block| block.contains("event: status"))
+            .map(|block| {
+                let data = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap();
+                serde_json::from_str(data).unwrap()
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tiny_job_trains_to_done_and_its_model_serves_inpaint() {
+    let s = start(&args(&["--batch-window-ms", "400", "--batch-max", "8"])).await;
+    // Five photos and one file that is no image: skipped and counted.
+    let mut files = photos(5);
+    files.push(b"not an image at all".to_vec());
+    let id = s
+        .submit_ok(
+            job_form(files)
+                .text("user_id", "alice")
+                .text("name", "blobs")
+                .text("steps", "6"),
+        )
+        .await;
+
+    let events = s.events(&id).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["state"], "done", "{last}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["state"] == "running" && e["step"].as_u64().unwrap() >= 1),
+        "no progress event: {events:?}"
+    );
+
+    let v = s.job(&id).await;
+    assert_eq!(v["state"], "done");
+    assert_eq!(
+        (v["step"].as_u64(), v["total_steps"].as_u64()),
+        (Some(6), Some(6))
+    );
+    assert!(v["loss"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["user_id"], "alice");
+    assert_eq!(v["name"], "blobs");
+    assert_eq!(v["base_model"], "default");
+    let images = &v["images"];
+    assert_eq!(images["received"], 6);
+    assert_eq!(images["skipped"], 1);
+    assert_eq!(
+        (images["train"].as_u64(), images["holdout"].as_u64()),
+        (Some(4), Some(1))
+    );
+    // Base against fine-tuned on the held-out photo.
+    let val = &v["validation"];
+    assert_eq!(val["holdout_images"], 1);
+    for k in ["base", "finetuned"] {
+        assert!(val[k]["mean_psnr"].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    assert_eq!(v["val_psnr"], val["finetuned"]["mean_psnr"]);
+
+    // The job list, and the models list: the server's model plus this one.
+    let list: Value = s
+        .get("/api/v1/finetune?user_id=alice")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["jobs"][0]["job_id"], id.as_str());
+    let models = s.models().await;
+    assert_eq!(models[0]["id"], "default");
+    let m = models.iter().find(|m| m["id"] == id.as_str()).unwrap();
+    assert_eq!(m["base"], "default");
+    assert_eq!(m["name"], "blobs");
+    assert!(m["created_at"].as_str().is_some());
+    assert_eq!(m["data"]["train"], 4);
+    assert!(m["validation"]["finetuned"]["mean_psnr"].as_f64().is_some());
+
+    // Inpainting with the new model: it is loaded, and the event names it.
+    let (img, mask) = small_pair();
+    let r = s
+        .inpaint(
+            form(img.clone(), mask.clone())
+                .text("model", id.clone())
+                .text("user_id", "alice"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let event_id = r.headers()["x-event-id"].to_str().unwrap().to_owned();
+    assert_eq!(decode(&r.bytes().await.unwrap()).dimensions(), (64, 48));
+    assert_eq!(s.state.models.loaded(), vec![id.parse::<uuid::Uuid>().unwrap()]);
+    let history: Value = s
+        .get("/api/v1/history?user_id=alice")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let events = history["events"].as_array().unwrap();
+    let ev = events
+        .iter()
+        .find(|e| e["event_id"] == event_id.as_str())
+        .unwrap();
+    assert_eq!(ev["model_id"], id.as_str());
+    // And the job's own events: queued, then done.
+    let phases: Vec<&str> = events
+        .iter()
+        .filter(|e| e["kind"] == "finetune" && e["model_id"] == id.as_str())
+        .map(|e| e["strategy"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["done", "queued"], "{history}");
+
+    // /reconstruct takes `model` too; unknown ids are 404 JSON.
+    let b64 = |b: &[u8]| {
+        use base64::Engine;
+        format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(b)
+        )
+    };
+    let r = s
+        .client
+        .post(format!("{}/reconstruct", s.url))
+        .json(&serde_json::json!({"original": b64(&img), "mask": b64(&mask), "model": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for bad in [uuid::Uuid::now_v7().to_string(), "../../etc/passwd".into()] {
+        let r = s
+            .inpaint(form(img.clone(), mask.clone()).text("model", bad.clone()))
+            .await;
+        assert_eq!(error_code(r).await, (404, "unknown_model".into()), "{bad}");
+    }
+
+    // Same shape, two models: a batch only ever holds one model's requests.
+    let sizes = futures::future::join_all((0..4).map(|i| {
+        let f = form(img.clone(), mask.clone()).text("strategy", "original");
+        let f = if i % 2 == 0 {
+            f.text("model", id.clone())
+        } else {
+            f
+        };
+        let s = &s;
+        async move {
+            let r = s.inpaint(f).await;
+            assert_eq!(r.status(), 200);
+            r.headers()["x-batch-size"].to_str().unwrap().to_owned()
+        }
+    }))
+    .await;
+    assert_eq!(sizes, ["2", "2", "2", "2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_keeps_jobs_and_models_resumes_the_running_job_and_cancel_keeps_its_checkpoint() {
+    let a = start(&args(&[])).await;
+    let dir = a.data_dir.clone();
+    let done = a
+        .submit_ok(
+            job_form(photos(4))
+                .text("user_id", "dora")
+                .text("steps", "4"),
+        )
+        .await;
+    a.wait_job(&done, "the first job", |v| v["state"] == "done")
+        .await;
+    // A long job, stopped with the server once it has a checkpoint; one queued behind it.
+    let long = a
+        .submit_ok(
+            job_form(photos(4))
+                .text("user_id", "dora")
+                .text("steps", "1000000"),
+        )
+        .await;
+    let queued = a
+        .submit_ok(
+            job_form(photos(3))
+                .text("user_id", "erin")
+                .text("steps", "3"),
+        )
+        .await;
+    let before = a
+        .wait_job(&long, "a checkpoint", |v| {
+            v["checkpoint_step"].as_u64() >= Some(4)
+        })
+        .await;
+    assert_eq!(a.job(&queued).await["state"], "queued");
+    a.stop().await;
+
+    let b = start_in(dir.clone(), &args(&[]), |_| {}).await;
+    let list: Value = b.get("/api/v1/finetune").await.json().await.unwrap();
+    let ids: Vec<&str> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [done.as_str(), long.as_str(), queued.as_str()]);
+    assert_eq!(b.job(&done).await["state"], "done");
+    assert_eq!(
+        b.job(&queued).await["state"],
+        "queued",
+        "a queued job stays queued"
+    );
+    let resumed = b
+        .wait_job(&long, "the resume", |v| {
+            v["resumed_from_step"].as_u64().is_some()
+        })
+        .await;
+    assert_eq!(resumed["state"], "running");
+    let from = resumed["resumed_from_step"].as_u64().unwrap();
+    assert!(
+        from >= before["checkpoint_step"].as_u64().unwrap(),
+        "resumed from {from}, not from the last checkpoint: {before}"
+    );
+    // The finished job's model survived too.
+    assert!(b.models().await.iter().any(|m| m["id"] == done.as_str()));
+    let (img, mask) = small_pair();
+    let r = b.inpaint(form(img, mask).text("model", done.clone())).await;
+    assert_eq!(r.status(), 200);
+
+    // Cancel the running job: it stops, and its last checkpoint stays.
+    let r = b.cancel(&long).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["state"], "cancelled");
+    let step = v["checkpoint_step"].as_u64().unwrap();
+    assert!(step > from, "{v}");
+    let checkpoint = dir
+        .path()
+        .join(format!("finetune/jobs/{long}/run/checkpoint.safetensors"));
+    assert!(checkpoint.is_file(), "{} is gone", checkpoint.display());
+    assert!(!b.models().await.iter().any(|m| m["id"] == long.as_str()));
+    let r = b.cancel(&long).await;
+    assert_eq!(error_code(r).await, (409, "job_finished".into()));
+
+    // The queued job runs next.
+    b.wait_job(&queued, "the queued job", |v| v["state"] == "done")
+        .await;
+    // A queued job cancels at once.
+    let third = b
+        .submit_ok(
+            job_form(photos(3))
+                .text("user_id", "erin")
+                .text("steps", "1000000"),
+        )
+        .await;
+    let fourth = b
+        .submit_ok(
+            job_form(photos(3))
+                .text("user_id", "fred")
+                .text("steps", "5"),
+        )
+        .await;
+    let r = b.cancel(&fourth).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "cancelled");
+    let r = b.cancel(&third).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_limit_gets_a_4xx_json_and_the_server_keeps_serving() {
+    let s = start(&args(&[
+        "--finetune-max-images",
+        "4",
+        "--finetune-max-mb",
+        "0.1",
+        "--finetune-max-pixels",
+        "5000",
+        "--finetune-max-queued",
+        "1",
+    ]))
+    .await;
+    let code = |r| error_code(r);
+    // Too many photos, as files or in a zip.
+    assert_eq!(
+        code(s.submit(job_form(photos(5))).await).await,
+        (413, "too_many_images".into())
+    );
+    let entries: Vec<(String, Vec<u8>)> = photos(5)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (format!("d/{i}.png"), p))
+        .collect();
+    let entries: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
+    let zipped = zip_of(&entries);
+    assert_eq!(
+        code(s.submit(job_form(vec![zipped])).await).await,
+        (413, "too_many_images".into())
+    );
+    // Too many bytes: the body, or what a zip unpacks to (a zip bomb).
+    let noise: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    assert_eq!(
+        code(s.submit(job_form(vec![noise])).await).await,
+        (413, "body_too_large".into())
+    );
+    let bomb = zip_of(&[("zeros.png", vec![0u8; 2_000_000])]);
+    assert!(bomb.len() < 50_000);
+    assert_eq!(
+        code(s.submit(job_form(vec![bomb])).await).await,
+        (413, "too_much_data".into())
+    );
+    // Too many pixels in one photo (100×100 > 5000).
+    let mut files = photos(2);
+    files.push(png(picture(100, 100)));
+    assert_eq!(
+        code(s.submit(job_form(files)).await).await,
+        (413, "image_too_large".into())
+    );
+    // Fewer than 2 usable photos.
+    let files = vec![
+        photo(0, 64, 48),
+        b"junk".to_vec(),
+        vec![0x89, b'P', b'N', b'G'],
+    ];
+    assert_eq!(
+        code(s.submit(job_form(files)).await).await,
+        (422, "not_enough_images".into())
+    );
+    // Bad fields.
+    for steps in ["0", "1000001", "ten"] {
+        let r = s.submit(job_form(photos(2)).text("steps", steps)).await;
+        assert_eq!(code(r).await, (400, "bad_argument".into()), "{steps}");
+    }
+    let r = s
+        .submit(job_form(photos(2)).text("base_model", "nope"))
+        .await;
+    assert_eq!(code(r).await, (404, "unknown_model".into()));
+    let r = s
+        .submit(reqwest::multipart::Form::new().text("user_id", "x"))
+        .await;
+    assert_eq!(code(r).await, (400, "missing_field".into()));
+    let r = s
+        .client
+        .post(format!("{}/api/v1/finetune", s.url))
+        .body("{}")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(r).await, (415, "unsupported_media_type".into()));
+    // A zip of photos is accepted; a second job of the same user is refused while it runs.
+    let entries: Vec<(String, Vec<u8>)> = photos(3)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (format!("{i}.png"), p))
+        .collect();
+    let entries: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
+    let id = s
+        .submit_ok(
+            job_form(vec![zip_of(&entries)])
+                .text("user_id", "gus")
+                .text("steps", "1000000"),
+        )
+        .await;
+    assert_eq!(s.job(&id).await["images"]["received"], 3);
+    let r = s.submit(job_form(photos(2)).text("user_id", "gus")).await;
+    assert_eq!(code(r).await, (429, "too_many_jobs".into()));
+    // Unknown jobs.
+    for bad in [uuid::Uuid::now_v7().to_string(), "..%2F..%2Fetc".into()] {
+        let r = s.get(&format!("/api/v1/finetune/{bad}")).await;
+        assert_eq!(code(r).await, (404, "unknown_job".into()), "{bad}");
+    }
+    assert_eq!(s.cancel(&id).await.status(), 200);
+    // Still serving.
+    let (img, mask) = small_pair();
+    assert_eq!(s.inpaint(form(img, mask)).await.status(), 200);
+    assert_eq!(s.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_tier_has_no_jobs_and_says_so() {
+    let model_tier = start(&[]).await;
+    let web = start(&["--remote-model", &model_tier.url]).await;
+    let r = web.get("/api/v1/models").await;
+    assert_eq!(error_code(r).await, (501, "finetune_unavailable".into()));
+    let r = web.submit(job_form(photos(2))).await;
+    assert_eq!(error_code(r).await, (501, "finetune_unavailable".into()));
+    // The model id travels to the model tier, which knows no such model.
+    let (img, mask) = small_pair();
+    let r = web
+        .inpaint(form(img, mask).text("model", uuid::Uuid::now_v7().to_string()))
+        .await;
+    assert_eq!(error_code(r).await, (404, "unknown_model".into()));
+}
