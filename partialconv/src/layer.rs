@@ -129,7 +129,7 @@ impl Mask {
     }
 
     /// `x ⊙ M`.
-    fn apply(&self, x: &Tensor) -> Tensor {
+    pub fn apply(&self, x: &Tensor) -> Tensor {
         match self {
             Mask::Grouped(groups) if groups.len() == 1 => x * &groups[0].0,
             Mask::Grouped(groups) => {
@@ -167,11 +167,17 @@ pub fn partial_conv2d<'a, T: Borrow<nn::Path<'a>>>(
     config: PartialConvConfig,
 ) -> PartialConv2d {
     let vs = vs.borrow();
-    let weight = vs.var(
+    let mut weight = vs.var(
         "weight",
         &[out_channels, in_channels, kernel_size, kernel_size],
         nn::init::DEFAULT_KAIMING_NORMAL,
     );
+    if vs.device() == tch::Device::Cpu {
+        // oneDNN otherwise reorders every weight on every call, which dominates the deep
+        // layers (8×8 to 32×32 maps with up to 1024×512×3×3 weights). `set_data` keeps the
+        // variable's identity, so the VarStore, loading and the optimizer all see the new layout.
+        tch::no_grad(|| weight.set_data(&channels_last(&weight)));
+    }
     let bias = config.bias.then(|| vs.zeros("bias", &[out_channels]));
     PartialConv2d::new(weight, bias, config)
 }
@@ -249,15 +255,19 @@ impl PartialConv2d {
 
     /// Returns the features and the updated mask.
     pub fn forward(&self, x: &Tensor, mask: &Mask) -> (Tensor, Mask) {
+        self.forward_masked(&mask.apply(x), mask)
+    }
+
+    /// [`forward`](Self::forward) for an input that is already `x ⊙ M`, e.g. when the caller
+    /// masked the parts of a concatenation before joining them.
+    pub fn forward_masked(&self, x_masked: &Tensor, mask: &Mask) -> (Tensor, Mask) {
         let (s, p) = (self.config.stride, self.config.padding);
         debug_assert_eq!(
             mask.channels(),
             self.in_channels,
             "mask channels must match the input"
         );
-        let raw = mask
-            .apply(x)
-            .conv2d(&self.weight, None::<Tensor>, [s, s], [p, p], [1, 1], 1);
+        let raw = x_masked.conv2d(&self.weight, None::<Tensor>, [s, s], [p, p], [1, 1], 1);
         let window_sum = tch::no_grad(|| self.window_sum(mask));
         let bias = self.bias.as_ref().map(|b| b.view([1, -1, 1, 1]));
         let (out, update) = match self.config.convention {
@@ -295,4 +305,10 @@ impl PartialConv2d {
         };
         (out, mask)
     }
+}
+
+/// The same values in NHWC order (PyTorch's `channels_last`), which oneDNN's CPU convolutions
+/// run without reordering. Element-wise ops, batch norm, upsampling and `cat` keep the layout.
+pub fn channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }

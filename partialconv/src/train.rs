@@ -692,9 +692,11 @@ impl FineTuner {
 
     /// Weights, Adam state and step, written atomically.
     pub fn save_checkpoint(&self) -> Result<()> {
+        // The writer needs contiguous tensors; CPU conv weights are kept channels-last.
+        let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu).contiguous();
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (name, t) in self.model.vs.variables() {
-            tensors.push((format!("model/{name}"), t.detach().to_device(Device::Cpu)));
+            tensors.push((format!("model/{name}"), cpu(&t)));
         }
         for ((name, _), (m, v)) in self
             .adam
@@ -702,8 +704,8 @@ impl FineTuner {
             .iter()
             .zip(self.adam.m.iter().zip(&self.adam.v))
         {
-            tensors.push((format!("adam_m/{name}"), m.to_device(Device::Cpu)));
-            tensors.push((format!("adam_v/{name}"), v.to_device(Device::Cpu)));
+            tensors.push((format!("adam_m/{name}"), cpu(m)));
+            tensors.push((format!("adam_v/{name}"), cpu(v)));
         }
         let state = serde_json::json!({ "step": self.step, "adam_t": self.adam.t, "meta": self.model.meta });
         tensors.push((

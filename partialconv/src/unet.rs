@@ -6,9 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
-use tch::Tensor;
+use tch::{Device, Tensor};
 
-use crate::layer::{partial_conv2d, Convention, Mask, PartialConv2d, PartialConvConfig};
+use crate::layer::{
+    channels_last, partial_conv2d, Convention, Mask, PartialConv2d, PartialConvConfig,
+};
 
 /// Shape of a [`PConvUNet`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -130,8 +132,9 @@ impl PConvBlock {
     }
 
     /// `bn_train`: whether batch norm uses (and updates) batch statistics.
-    fn forward(&self, x: &Tensor, mask: &Mask, bn_train: bool) -> (Tensor, Mask) {
-        let (h, mask) = self.conv.forward(x, mask);
+    /// `x_masked` is the block's input already multiplied by `mask`.
+    fn forward(&self, x_masked: &Tensor, mask: &Mask, bn_train: bool) -> (Tensor, Mask) {
+        let (h, mask) = self.conv.forward_masked(x_masked, mask);
         let h = match &self.bn {
             Some(bn) => bn.forward_t(&h, bn_train),
             None => h,
@@ -227,23 +230,35 @@ impl PConvUNet {
     /// `x`: `N×C×H×W` features (already multiplied by the mask or not: the first layer masks
     /// them anyway); `mask`: 1 = valid. Returns the prediction and the final mask.
     pub fn forward_t(&self, x: &Tensor, mask: &Mask, train: bool) -> (Tensor, Mask) {
+        let x = if x.device() == Device::Cpu {
+            channels_last(x)
+        } else {
+            x.shallow_clone()
+        };
+        // Each skip is kept as `h ⊙ M`: the decoder needs only the masked values.
         let mut skips: Vec<(Tensor, Mask)> = Vec::with_capacity(self.config.layer_size + 1);
-        let (mut h, mut m) = (x.shallow_clone(), clone_mask(mask));
+        let (mut h, mut m) = (mask.apply(&x), clone_mask(mask));
         for block in &self.encoder {
             let (h_next, m_next) = block.forward(&h, &m, train && !self.freeze_enc_bn);
             skips.push((h, m));
-            (h, m) = (h_next, m_next);
+            h = m_next.apply(&h_next);
+            m = m_next;
         }
-        for block in self.decoder.iter().rev() {
+        for (i, block) in self.decoder.iter().enumerate().rev() {
             let (skip_h, skip_m) = skips.pop().expect("one skip per level");
             let s = h.size();
+            // Nearest upsampling commutes with masking, so the concatenation is built from
+            // parts masked at their own (lower) resolution instead of masked after joining.
             let h_up = h.upsample_nearest2d([s[2] * 2, s[3] * 2], 2.0, 2.0);
-            let m_up = m.upsample_nearest2x();
+            let m_cat = m.upsample_nearest2x().cat(&skip_m);
             let h_cat = Tensor::cat(&[h_up, skip_h], 1);
-            let m_cat = m_up.cat(&skip_m);
-            (h, m) = block.forward(&h_cat, &m_cat, train);
+            let (h_next, m_next) = block.forward(&h_cat, &m_cat, train);
+            (h, m) = (h_next, m_next);
+            if i > 0 {
+                h = m.apply(&h);
+            }
         }
-        (h, m)
+        (h.contiguous(), m)
     }
 }
 
