@@ -358,8 +358,7 @@ async fn with_and_without_job(
     let mut extra = vec!["--finetune-max-steps", "1000000"];
     extra.extend_from_slice(flags);
     let (url, state, info, _data) = serve(args, &extra).await;
-    let (idle, wall) = run(&url, image, mask, "png", 1, args.n).await;
-    let idle = stats(&idle, wall);
+    let (mut idle, _) = run(&url, image, mask, "png", 1, args.n).await;
     // A job on crops of the sample photo, long enough to outlast the measurement.
     let client = reqwest::Client::new();
     let mut form = reqwest::multipart::Form::new()
@@ -402,6 +401,11 @@ async fn with_and_without_job(
         .await
         .unwrap();
     assert!(r.status().is_success());
+    // Idle again once the job is cancelled: both halves of the baseline bracket the job, so
+    // a change in other load on the machine shows up as a spread, not as the job's effect.
+    let (after, _) = run(&url, image, mask, "png", 1, args.n).await;
+    idle.extend(after);
+    let idle = stats(&idle, Duration::from_secs(1));
     if let Some(jobs) = &state.finetune {
         jobs.shutdown().await;
     }
@@ -416,6 +420,7 @@ async fn finetune_bench(args: &Args) {
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let all = cores.to_string();
+    let load_before = load_average();
     let mut rows = Vec::new();
     let mut model = None;
     for (name, flags) in [
@@ -437,14 +442,19 @@ async fn finetune_bench(args: &Args) {
         rows.push((name, idle, busy, steps));
     }
     let info = model.unwrap();
+    let load_after = load_average();
     let mut md = String::from("## Server: inference while a job trains\n\n");
     md.push_str(&format!(
-        "`POST /api/v1/inpaint`, 512×512 PNG → PNG, concurrency 1, {} requests per column, \
+        "`POST /api/v1/inpaint`, 512×512 PNG → PNG, concurrency 1, {} requests with the job training, \
          measured by the client (`server-example/benches/server.rs --finetune`). Model `{}` \
          ({}), device `{}`, 1 inference worker. The job fine-tunes that model on 8 crops of \
          the sample photo with the default job settings (256² crops, batch 4, no VGG terms). \
-         Each row is its own server; the idle column is measured just before the job starts. \
-         {}; {} ({cores} threads).\n\n",
+         Each row is its own server; its no-job column pools {} requests before the job starts \
+         and {} after it is cancelled. \
+         {}; {} ({cores} threads); load average (1 min) {load_before} before, \
+         {load_after} after.\n\n",
+        args.n,
+        args.n,
         args.n,
         info.model_id,
         info.model_version,
@@ -473,7 +483,19 @@ async fn finetune_bench(args: &Args) {
     }
 }
 
+/// The 1-minute load average: other work on the machine skews every figure here.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A relative `path` is taken from the workspace root: `cargo bench` runs benches in the
+/// package folder.
 fn write_section(path: &std::path::Path, heading: &str, md: &str) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = &root.join(path);
     let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
     std::fs::write(path, replace_section(&old, heading, md)).unwrap();
     eprintln!("wrote the `{heading}` section of {}", path.display());

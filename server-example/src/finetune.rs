@@ -556,7 +556,7 @@ impl FineTunes {
             return Err(e);
         }
         self.inner.wake.notify_all();
-        self.inner.record(&status, "queued");
+        self.inner.record(&status, "queued").await;
         Ok(status)
     }
 
@@ -608,7 +608,7 @@ impl FineTunes {
     /// (saving a checkpoint) and waits up to `wait` for it.
     pub async fn cancel(&self, id: &str, wait: Duration) -> Result<JobStatus, AppError> {
         let id = parse_job_id(id)?;
-        let mut rx = {
+        let rx = {
             let table = self.inner.table.lock().unwrap();
             let entry = table
                 .get(&id)
@@ -632,14 +632,20 @@ impl FineTunes {
                     let status = entry.tx.borrow().clone();
                     write_status(&self.inner.models.job_dir(id), &status)
                         .map_err(AppError::internal)?;
-                    drop(table);
-                    self.inner.record(&status, "cancelled");
-                    return Ok(status);
+                    Err(status)
                 }
                 _ => {
                     entry.cancel.store(true, Ordering::SeqCst);
-                    entry.tx.subscribe()
+                    Ok(entry.tx.subscribe())
                 }
+            }
+        };
+        // `Err`: cancelled while queued, recorded here, outside the table's lock.
+        let mut rx = match rx {
+            Ok(rx) => rx,
+            Err(status) => {
+                self.inner.record(&status, "cancelled").await;
+                return Ok(status);
             }
         };
         let _ = tokio::time::timeout(wait, rx.wait_for(|s| s.state.is_over())).await;
@@ -881,7 +887,8 @@ impl Inner {
                 st.total_steps = p.total;
                 st.loss = p.loss.is_finite().then_some(p.loss);
                 st.eta_s = Some(p.eta.as_secs_f64());
-                if let Some(v) = &p.val {
+                // With nothing held out the trainer reports an empty validation: no PSNR.
+                if let Some(v) = p.val.as_ref().filter(|_| st.validation.holdout_images > 0) {
                     st.val_psnr = Some(v.mean_psnr());
                 }
                 if checkpoint {
@@ -907,6 +914,8 @@ impl Inner {
         }
     }
 
+    /// Publishes how the job ended. The history event is recorded before the status
+    /// changes, so a client that sees the final state finds the event too.
     fn finish(&self, id: Uuid, outcome: Outcome) {
         let phase = match &outcome {
             Outcome::Done(_) => "done",
@@ -914,43 +923,41 @@ impl Inner {
             Outcome::Failed(_) => "failed",
             Outcome::Stopped(_) => "stopped",
         };
-        self.update(id, true, |st| {
-            st.eta_s = None;
-            match outcome {
-                Outcome::Done(val) => {
-                    st.state = JobState::Done;
-                    st.step = st.total_steps;
-                    if let Some(v) = &val {
-                        st.val_psnr = Some(v.mean_psnr());
-                        if st.validation.holdout_images > 0 {
-                            st.validation.finetuned = Some(Scores::from(v));
-                        }
-                    }
-                }
-                Outcome::Cancelled(step) => {
-                    st.state = JobState::Cancelled;
-                    st.checkpoint_step = Some(step);
-                }
-                Outcome::Stopped(step) => st.checkpoint_step = Some(step),
-                Outcome::Failed(e) => {
-                    tracing::warn!(job = %id, "fine-tune job failed: {e}");
-                    st.state = JobState::Failed;
-                    st.error = Some(e);
+        let (tx, _) = self.entry(id);
+        let mut st = tx.borrow().clone();
+        st.eta_s = None;
+        match outcome {
+            Outcome::Done(val) => {
+                st.state = JobState::Done;
+                st.step = st.total_steps;
+                if let Some(v) = val.as_ref().filter(|_| st.validation.holdout_images > 0) {
+                    st.val_psnr = Some(v.mean_psnr());
+                    st.validation.finetuned = Some(Scores::from(v));
                 }
             }
-            if st.state.is_over() {
-                st.finished_at = Some(now());
+            Outcome::Cancelled(step) => {
+                st.state = JobState::Cancelled;
+                st.checkpoint_step = Some(step);
             }
-        });
-        if phase != "stopped" {
-            let status = self.entry(id).0.borrow().clone();
-            self.record(&status, phase);
+            Outcome::Stopped(step) => st.checkpoint_step = Some(step),
+            Outcome::Failed(e) => {
+                tracing::warn!(job = %id, "fine-tune job failed: {e}");
+                st.state = JobState::Failed;
+                st.error = Some(e);
+            }
         }
+        if st.state.is_over() {
+            st.finished_at = Some(now());
+        }
+        if phase != "stopped" {
+            self.runtime.block_on(self.record(&st, phase));
+        }
+        self.update(id, true, |status| *status = st);
     }
 
     /// A `finetune` history event: `strategy` carries the phase, `model_id` the job (and
     /// model) id, `model_version` the base model's id.
-    fn record(&self, status: &JobStatus, phase: &str) {
+    async fn record(&self, status: &JobStatus, phase: &str) {
         let Some(sink) = self.history.clone() else {
             return;
         };
@@ -969,23 +976,23 @@ impl Inner {
         if let Some(e) = &status.error {
             ev = ev.with_error(e.clone());
         }
-        let metrics = self.metrics.clone();
-        self.runtime.spawn(async move {
-            let failed = match tokio::time::timeout(HISTORY_TIMEOUT, sink.record(&ev)).await {
-                Ok(Ok(())) => false,
-                Ok(Err(e)) => {
-                    tracing::warn!("recording a finetune event failed: {e}");
-                    true
-                }
-                Err(_) => {
-                    tracing::warn!("recording a finetune event timed out");
-                    true
-                }
-            };
-            if failed {
-                metrics.history_failures.fetch_add(1, Ordering::Relaxed);
+        // Best effort, as for inpainting: a sink that is down never fails a job.
+        let failed = match tokio::time::timeout(HISTORY_TIMEOUT, sink.record(&ev)).await {
+            Ok(Ok(())) => false,
+            Ok(Err(e)) => {
+                tracing::warn!("recording a finetune event failed: {e}");
+                true
             }
-        });
+            Err(_) => {
+                tracing::warn!("recording a finetune event timed out");
+                true
+            }
+        };
+        if failed {
+            self.metrics
+                .history_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -1039,7 +1046,11 @@ mod tests {
             go.send(()).unwrap();
         }
         assert_eq!(training.join().unwrap(), 1);
-        assert_eq!(pinned.join().unwrap(), 3, "the training thread's count leaked");
+        assert_eq!(
+            pinned.join().unwrap(),
+            3,
+            "the training thread's count leaked"
+        );
         assert_eq!(
             naive.join().unwrap(),
             1,

@@ -109,7 +109,10 @@ impl TestServer {
             if ok(&v) {
                 return v;
             }
-            assert_ne!(v["state"], "failed", "{v}");
+            assert!(
+                v["state"] != "failed" || what == "the failure",
+                "{what}: the job failed: {v}"
+            );
             assert!(Instant::now() < deadline, "waiting for {what}: {v}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -237,7 +240,10 @@ async fn a_tiny_job_trains_to_done_and_its_model_serves_inpaint() {
     assert_eq!(r.status(), 200);
     let event_id = r.headers()["x-event-id"].to_str().unwrap().to_owned();
     assert_eq!(decode(&r.bytes().await.unwrap()).dimensions(), (64, 48));
-    assert_eq!(s.state.models.loaded(), vec![id.parse::<uuid::Uuid>().unwrap()]);
+    assert_eq!(
+        s.state.models.loaded(),
+        vec![id.parse::<uuid::Uuid>().unwrap()]
+    );
     let history: Value = s
         .get("/api/v1/history?user_id=alice")
         .await
@@ -540,4 +546,37 @@ async fn a_web_tier_has_no_jobs_and_says_so() {
         .inpaint(form(img, mask).text("model", uuid::Uuid::now_v7().to_string()))
         .await;
     assert_eq!(error_code(r).await, (404, "unknown_model".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_reports_its_error_and_a_failed_event() {
+    // A VGG file that is not there: the trainer cannot start.
+    let s = start(&args(&["--finetune-vgg", "/nonexistent/vgg19.safetensors"])).await;
+    let id = s
+        .submit_ok(
+            job_form(photos(3))
+                .text("user_id", "hal")
+                .text("steps", "3"),
+        )
+        .await;
+    let v = s
+        .wait_job(&id, "the failure", |v| {
+            v["state"] != "queued" && v["state"] != "running"
+        })
+        .await;
+    assert_eq!(v["state"], "failed");
+    assert!(v["error"].as_str().unwrap().contains("vgg19"), "{v}");
+    assert!(!s.models().await.iter().any(|m| m["id"] == id.as_str()));
+    // Recorded before the state changed, so it is there already.
+    let history: Value = s
+        .get("/api/v1/history?user_id=hal")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let failed = &history["events"][0];
+    assert_eq!(failed["kind"], "finetune");
+    assert_eq!(failed["strategy"], "failed");
+    assert_eq!(failed["status"], "error");
+    assert!(failed["error"].as_str().unwrap().contains("vgg19"));
 }
