@@ -178,7 +178,9 @@ pub struct Inpainter {
 unsafe impl Sync for Inpainter {}
 
 impl Inpainter {
-    pub fn new(model: Model) -> Self {
+    pub fn new(mut model: Model) -> Self {
+        // The weights never change from here on.
+        model.net.absorb_bn();
         Self { model }
     }
 

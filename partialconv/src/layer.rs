@@ -167,17 +167,11 @@ pub fn partial_conv2d<'a, T: Borrow<nn::Path<'a>>>(
     config: PartialConvConfig,
 ) -> PartialConv2d {
     let vs = vs.borrow();
-    let mut weight = vs.var(
+    let weight = vs.var(
         "weight",
         &[out_channels, in_channels, kernel_size, kernel_size],
         nn::init::DEFAULT_KAIMING_NORMAL,
     );
-    if vs.device() == tch::Device::Cpu {
-        // oneDNN otherwise reorders every weight on every call, which dominates the deep
-        // layers (8×8 to 32×32 maps with up to 1024×512×3×3 weights). `set_data` keeps the
-        // variable's identity, so the VarStore, loading and the optimizer all see the new layout.
-        tch::no_grad(|| weight.set_data(&channels_last(&weight)));
-    }
     let bias = config.bias.then(|| vs.zeros("bias", &[out_channels]));
     PartialConv2d::new(weight, bias, config)
 }
@@ -223,6 +217,64 @@ impl PartialConv2d {
 
     /// `sum(M)` over each window, as an `N×1×H'×W'` map for grouped masks or `N×out×H'×W'`
     /// for per-channel ones. Exact: the inputs are 0/1 and the weights small integers.
+    /// Stores the weight in NHWC order (`true`) or PyTorch's default NCHW. Convolutions give
+    /// the same values either way; on the CPU, NHWC spares oneDNN a reorder of every weight on
+    /// every call, which dominates layers with small maps and large weights. `set_data` keeps
+    /// the variable's identity, so the VarStore, loading and the optimizer see the new layout.
+    pub fn set_channels_last(&mut self, on: bool) {
+        let weight = if on {
+            channels_last(&self.weight)
+        } else {
+            self.weight.contiguous()
+        };
+        tch::no_grad(|| self.weight.set_data(&weight));
+    }
+
+    /// The inference form of [`forward_masked`](Self::forward_masked) with `weight` and
+    /// `bias` in place of the layer's own (batch norm absorbed into them, see
+    /// `PConvUNet::absorb_bn`): `(W·(X⊙M))·ratio + b·update`, computed in place. The result is
+    /// zero wherever `update` is, so callers need not mask it again.
+    pub fn forward_fused(
+        &self,
+        x_masked: &Tensor,
+        mask: &Mask,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> (Tensor, Mask) {
+        let (s, p) = (self.config.stride, self.config.padding);
+        let raw = x_masked.conv2d(weight, None::<Tensor>, [s, s], [p, p], [1, 1], 1);
+        self.finish_fused(raw, mask, bias)
+    }
+
+    /// The rest of [`forward_fused`](Self::forward_fused) once `raw = W·(X⊙M)` is known,
+    /// however it was computed.
+    pub fn finish_fused(&self, raw: Tensor, mask: &Mask, bias: Option<&Tensor>) -> (Tensor, Mask) {
+        let mut out = raw;
+        let window_sum = self.window_sum(mask);
+        let slide = (self.in_channels * self.kernel_size * self.kernel_size) as f64;
+        let update = window_sum.clamp(0.0, 1.0);
+        // Both conventions as one factor that is 0 in holes: the convolution of a fully
+        // masked window is 0 already, so only the bias needs the update mask.
+        let ratio = match self.config.convention {
+            Convention::Scaled => (&window_sum + self.config.eps).reciprocal() * slide * &update,
+            Convention::Unscaled => {
+                window_sum
+                    .masked_fill(&window_sum.eq(0.0), 1.0)
+                    .reciprocal()
+                    * &update
+            }
+        };
+        out *= &ratio;
+        if let Some(b) = bias {
+            let _ = out.addcmul_(&b.view([1, -1, 1, 1]), &update);
+        }
+        let mask = match mask {
+            Mask::Grouped(_) => Mask::shared(update, self.out_channels),
+            Mask::PerChannel(_) => Mask::PerChannel(update),
+        };
+        (out, mask)
+    }
+
     fn window_sum(&self, mask: &Mask) -> Tensor {
         let (k, s, p) = (self.kernel_size, self.config.stride, self.config.padding);
         match mask {

@@ -87,6 +87,9 @@ impl PConvUNetConfig {
     }
 }
 
+/// The decoder's LeakyReLU slope (paper, §3.2).
+const LEAKY_SLOPE: f64 = 0.2;
+
 #[derive(Debug, Clone, Copy)]
 enum Activation {
     Relu,
@@ -94,12 +97,97 @@ enum Activation {
     Linear,
 }
 
+/// Batch norm's epsilon (PyTorch's default), needed again to absorb it into the convolution.
+const BN_EPS: f64 = 1e-5;
+
 /// Partial conv, optional batch norm, activation: the paper's "PConv-BN-ReLU" unit.
 #[derive(Debug)]
 struct PConvBlock {
     conv: PartialConv2d,
     bn: Option<nn::BatchNorm>,
     activation: Activation,
+    /// Weight and bias with batch norm absorbed, for inference (see `PConvUNet::absorb_bn`).
+    fused: Option<Fused>,
+}
+
+#[derive(Debug)]
+struct Fused {
+    conv: FusedConv,
+    bias: Option<Tensor>,
+}
+
+#[derive(Debug)]
+enum FusedConv {
+    /// Encoder blocks: the weight scaled by batch norm.
+    Plain(Tensor),
+    /// Decoder blocks: the same, split at the concatenation.
+    SubPixel(SubPixel),
+}
+
+/// A decoder convolution of `cat(upsample₂(h), skip)` computed without building either:
+/// by linearity it is `conv(upsample₂(h), W_up) + conv(skip, W_skip)`, and a 3×3 convolution
+/// of a nearest-upsampled map is, for each of the four output phases, a 3×3 convolution of
+/// the low-resolution map with taps summed (one row and one column of each is zero). The
+/// four phases run as one convolution with 4× the output channels, interleaved by
+/// `pixel_shuffle`. Same multiply-adds, but the upsampled map and the concatenation, the
+/// decoder's largest tensors (67×512² for the seed network's last layer), never exist.
+#[derive(Debug)]
+struct SubPixel {
+    /// `4·out × up × 3 × 3`, phase `(py, px)` of output channel `c` at `4c + 2py + px`.
+    phases: Tensor,
+    /// `out × skip × 3 × 3`.
+    skip: Tensor,
+}
+
+impl SubPixel {
+    fn new(weight: &Tensor, up: i64) -> Self {
+        let [c_out, c_in, k, _] = weight.size()[..] else {
+            unreachable!("conv weights are 4-d")
+        };
+        assert_eq!(k, 3, "decoder convolutions are 3×3");
+        let (kind, device) = (weight.kind(), weight.device());
+        // Which original tap (column) feeds which low-resolution tap (row), per phase: phase 0
+        // reads offsets (−1, 0, 0), phase 1 reads (0, 0, +1).
+        let taps = [
+            [1f32, 0., 0., 0., 1., 1., 0., 0., 0.],
+            [0f32, 0., 0., 1., 1., 0., 0., 0., 1.],
+        ]
+        .map(|t| {
+            Tensor::from_slice(&t)
+                .view([3, 3])
+                .to_kind(kind)
+                .to_device(device)
+        });
+        let w_up = weight.narrow(1, 0, up);
+        let mut phases = Vec::with_capacity(4);
+        for ry in &taps {
+            for rx in &taps {
+                phases.push(Tensor::einsum(
+                    "ay,ciyx,bx->ciab",
+                    &[ry, &w_up, rx],
+                    None::<i64>,
+                ));
+            }
+        }
+        let phases = Tensor::stack(&phases, 1).reshape([4 * c_out, up, 3, 3]);
+        let skip = weight.narrow(1, up, c_in - up);
+        let (phases, skip) = if weight.is_contiguous() {
+            (phases.contiguous(), skip.contiguous())
+        } else {
+            (channels_last(&phases), channels_last(&skip))
+        };
+        Self { phases, skip }
+    }
+
+    /// `conv(cat(upsample₂(h), skip), W)` for 3×3, stride 1, padding 1.
+    fn conv(&self, h: &Tensor, skip: &Tensor) -> Tensor {
+        let up = h
+            .conv2d(&self.phases, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1)
+            .pixel_shuffle(2);
+        let mut out = skip.conv2d(&self.skip, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+        out += up;
+        out
+    }
 }
 
 impl PConvBlock {
@@ -123,12 +211,85 @@ impl PConvBlock {
             eps: cfg.eps,
         };
         let conv = partial_conv2d(&vs / "conv", c_in, c_out, k, conv_cfg);
-        let bn = bn.then(|| nn::batch_norm2d(&vs / "bn", c_out, Default::default()));
+        let bn_cfg = nn::BatchNormConfig {
+            eps: BN_EPS,
+            ..Default::default()
+        };
+        let bn = bn.then(|| nn::batch_norm2d(&vs / "bn", c_out, bn_cfg));
         Self {
             conv,
             bn,
             activation,
+            fused: None,
         }
+    }
+
+    /// Folds inference batch norm, `γ·(z − μ)/√(σ² + ε) + β`, into the convolution: the
+    /// partial convolution's rescaling and masking act per pixel and batch norm per channel,
+    /// so the two commute.
+    /// `up`: for a decoder block, how many input channels come from the upsampled map.
+    fn absorb_bn(&mut self, up: Option<i64>) {
+        let conv = &self.conv;
+        let (weight, bias) = tch::no_grad(|| match &self.bn {
+            Some(bn) => {
+                let std = (&bn.running_var + BN_EPS).sqrt();
+                let scale = match &bn.ws {
+                    Some(gamma) => gamma / std,
+                    None => std.reciprocal(),
+                };
+                let shift = match &bn.bs {
+                    Some(beta) => beta - &bn.running_mean * &scale,
+                    None => -(&bn.running_mean * &scale),
+                };
+                let shift = match &conv.bias {
+                    Some(b) => shift + b * &scale,
+                    None => shift,
+                };
+                (&conv.weight * scale.view([-1, 1, 1, 1]), Some(shift))
+            }
+            None => (conv.weight.copy(), conv.bias.as_ref().map(Tensor::copy)),
+        });
+        let conv = match up {
+            Some(up) => FusedConv::SubPixel(tch::no_grad(|| SubPixel::new(&weight, up))),
+            None => FusedConv::Plain(weight),
+        };
+        self.fused = Some(Fused { conv, bias });
+    }
+
+    /// The inference path after [`absorb_bn`](Self::absorb_bn): the output is already
+    /// masked, since every activation maps 0 to 0.
+    fn forward_fused(&self, x_masked: &Tensor, mask: &Mask) -> Option<(Tensor, Mask)> {
+        let f = self.fused.as_ref()?;
+        let FusedConv::Plain(weight) = &f.conv else {
+            return None;
+        };
+        let (h, mask) = self
+            .conv
+            .forward_fused(x_masked, mask, weight, f.bias.as_ref());
+        Some(self.activate_fused(h, mask))
+    }
+
+    /// A decoder block after `absorb_bn`, from the masked low-resolution map and the masked
+    /// skip; `mask` is the concatenation's.
+    fn forward_sub_pixel(&self, h: &Tensor, skip: &Tensor, mask: &Mask) -> Option<(Tensor, Mask)> {
+        let f = self.fused.as_ref()?;
+        let FusedConv::SubPixel(sub_pixel) = &f.conv else {
+            return None;
+        };
+        let raw = sub_pixel.conv(h, skip);
+        let (h, mask) = self.conv.finish_fused(raw, mask, f.bias.as_ref());
+        Some(self.activate_fused(h, mask))
+    }
+
+    fn activate_fused(&self, mut h: Tensor, mask: Mask) -> (Tensor, Mask) {
+        let h = match self.activation {
+            Activation::Relu => h.relu_(),
+            Activation::LeakyRelu => {
+                h.internal_prelu_kernel(&Tensor::from(LEAKY_SLOPE).to_kind(h.kind()))
+            }
+            Activation::Linear => h,
+        };
+        (h, mask)
     }
 
     /// `bn_train`: whether batch norm uses (and updates) batch statistics.
@@ -142,7 +303,7 @@ impl PConvBlock {
         let h = match self.activation {
             Activation::Relu => h.relu(),
             // tch's leaky_relu has a fixed 0.01 slope; the paper uses 0.2.
-            Activation::LeakyRelu => h.maximum(&(&h * 0.2)),
+            Activation::LeakyRelu => h.maximum(&(&h * LEAKY_SLOPE)),
             Activation::Linear => h,
         };
         (h, mask)
@@ -160,6 +321,7 @@ pub struct PConvUNet {
     /// Fine-tuning stage 2 (paper §4): encoder BN uses running statistics while its affine
     /// parameters keep training.
     pub freeze_enc_bn: bool,
+    channels_last: bool,
 }
 
 impl PConvUNet {
@@ -215,11 +377,50 @@ impl PConvUNet {
             };
             decoder.push(block);
         }
-        Self {
+        let mut net = Self {
             config,
             encoder,
             decoder,
             freeze_enc_bn: false,
+            channels_last: false,
+        };
+        // oneDNN's CPU convolutions are fastest on NHWC (docs/benchmarks.md); CUDA keeps
+        // PyTorch's default.
+        net.set_channels_last(vs.device() == Device::Cpu);
+        net
+    }
+
+    /// Runs the network in NHWC order (PyTorch's `channels_last`) or NCHW. Both compute the
+    /// same values; NHWC is the CPU default.
+    pub fn set_channels_last(&mut self, on: bool) {
+        for block in self.encoder.iter_mut().chain(&mut self.decoder) {
+            block.conv.set_channels_last(on);
+        }
+        self.channels_last = on;
+    }
+
+    pub fn is_channels_last(&self) -> bool {
+        self.channels_last
+    }
+
+    /// Folds every batch norm into its convolution for inference (as candle's `absorb_bn`),
+    /// which removes a pass over each feature map and lets the masking, bias and activation
+    /// run in place. `forward_t(.., train = false)` then uses the folded weights, so call it
+    /// again after the weights, their device or their dtype change; [`clear_absorbed_bn`]
+    /// (Self::clear_absorbed_bn) returns to the plain path. The inpainter does this once
+    /// at load.
+    pub fn absorb_bn(&mut self) {
+        for block in &mut self.encoder {
+            block.absorb_bn(None);
+        }
+        for (i, block) in self.decoder.iter_mut().enumerate() {
+            block.absorb_bn(Some(self.config.encoder_width(i + 1)));
+        }
+    }
+
+    pub fn clear_absorbed_bn(&mut self) {
+        for block in self.encoder.iter_mut().chain(&mut self.decoder) {
+            block.fused = None;
         }
     }
 
@@ -230,7 +431,7 @@ impl PConvUNet {
     /// `x`: `N×C×H×W` features (already multiplied by the mask or not: the first layer masks
     /// them anyway); `mask`: 1 = valid. Returns the prediction and the final mask.
     pub fn forward_t(&self, x: &Tensor, mask: &Mask, train: bool) -> (Tensor, Mask) {
-        let x = if x.device() == Device::Cpu {
+        let x = if self.channels_last {
             channels_last(x)
         } else {
             x.shallow_clone()
@@ -238,25 +439,37 @@ impl PConvUNet {
         // Each skip is kept as `h ⊙ M`: the decoder needs only the masked values.
         let mut skips: Vec<(Tensor, Mask)> = Vec::with_capacity(self.config.layer_size + 1);
         let (mut h, mut m) = (mask.apply(&x), clone_mask(mask));
+        // After `absorb_bn`, inference takes the fused path, whose outputs come masked.
         for block in &self.encoder {
-            let (h_next, m_next) = block.forward(&h, &m, train && !self.freeze_enc_bn);
+            let (h_next, m_next) = match (!train).then(|| block.forward_fused(&h, &m)).flatten() {
+                Some(out) => out,
+                None => {
+                    let (h_next, m_next) = block.forward(&h, &m, train && !self.freeze_enc_bn);
+                    (m_next.apply(&h_next), m_next)
+                }
+            };
             skips.push((h, m));
-            h = m_next.apply(&h_next);
-            m = m_next;
+            (h, m) = (h_next, m_next);
         }
         for (i, block) in self.decoder.iter().enumerate().rev() {
             let (skip_h, skip_m) = skips.pop().expect("one skip per level");
+            let m_cat = m.upsample_nearest2x().cat(&skip_m);
+            if let Some(out) = (!train)
+                .then(|| block.forward_sub_pixel(&h, &skip_h, &m_cat))
+                .flatten()
+            {
+                (h, m) = out;
+                continue;
+            }
             let s = h.size();
             // Nearest upsampling commutes with masking, so the concatenation is built from
             // parts masked at their own (lower) resolution instead of masked after joining.
             let h_up = h.upsample_nearest2d([s[2] * 2, s[3] * 2], 2.0, 2.0);
-            let m_cat = m.upsample_nearest2x().cat(&skip_m);
             let h_cat = Tensor::cat(&[h_up, skip_h], 1);
             let (h_next, m_next) = block.forward(&h_cat, &m_cat, train);
-            (h, m) = (h_next, m_next);
-            if i > 0 {
-                h = m.apply(&h);
-            }
+            // The last layer's output is the prediction, not masked.
+            h = if i > 0 { m_next.apply(&h_next) } else { h_next };
+            m = m_next;
         }
         (h.contiguous(), m)
     }

@@ -149,16 +149,29 @@ fn unet_matches_pytorch_reference() {
             convention: f.convention(),
             eps: 1e-8,
         };
-        let model = Model::new(ModelMeta::new(config), Device::Cpu).unwrap();
+        let mut model = Model::new(ModelMeta::new(config), Device::Cpu).unwrap();
         model.load_state_dict(&f.tensors, &name).unwrap();
-        for (path_name, mask) in mask_paths(f.t("mask"), config.input_channels) {
-            let (out, out_mask) = tch::no_grad(|| model.net.forward_t(f.t("input"), &mask, false));
-            assert_close(&format!("{name} [{path_name}] output"), &out, f.t("output"));
-            assert_close(
-                &format!("{name} [{path_name}] output_mask"),
-                &out_mask.to_dense(),
-                f.t("output_mask"),
-            );
+        for (channels_last, absorb_bn) in [(true, false), (false, false), (true, true)] {
+            model.net.set_channels_last(channels_last);
+            if absorb_bn {
+                model.net.absorb_bn();
+            }
+            let layout = match (channels_last, absorb_bn) {
+                (true, false) => "NHWC",
+                (false, false) => "NCHW",
+                _ => "NHWC, batch norm absorbed",
+            };
+            for (path_name, mask) in mask_paths(f.t("mask"), config.input_channels) {
+                let (out, out_mask) =
+                    tch::no_grad(|| model.net.forward_t(f.t("input"), &mask, false));
+                let case = format!("{name} [{path_name}, {layout}]");
+                assert_close(&format!("{case} output"), &out, f.t("output"));
+                assert_close(
+                    &format!("{case} output_mask"),
+                    &out_mask.to_dense(),
+                    f.t("output_mask"),
+                );
+            }
         }
     }
 }
