@@ -354,11 +354,15 @@ async fn with_and_without_job(
     flags: &[&str],
     image: &[u8],
     mask: &[u8],
-) -> (ModelInfo, Stats, Stats, f64) {
+) -> (ModelInfo, [Stats; 2], Stats, f64) {
     let mut extra = vec!["--finetune-max-steps", "1000000"];
     extra.extend_from_slice(flags);
     let (url, state, info, _data) = serve(args, &extra).await;
-    let (mut idle, _) = run(&url, image, mask, "png", 1, args.n).await;
+    // The first requests of a process run slower for a while (allocator and libtorch
+    // caches warming up; two warm-up requests were not enough): discard a full round.
+    run(&url, image, mask, "png", 1, args.n).await;
+    let (before, wall) = run(&url, image, mask, "png", 1, args.n).await;
+    let before = stats(&before, wall);
     // A job on crops of the sample photo, long enough to outlast the measurement.
     let client = reqwest::Client::new();
     let mut form = reqwest::multipart::Form::new()
@@ -401,15 +405,14 @@ async fn with_and_without_job(
         .await
         .unwrap();
     assert!(r.status().is_success());
-    // Idle again once the job is cancelled: both halves of the baseline bracket the job, so
-    // a change in other load on the machine shows up as a spread, not as the job's effect.
-    let (after, _) = run(&url, image, mask, "png", 1, args.n).await;
-    idle.extend(after);
-    let idle = stats(&idle, Duration::from_secs(1));
+    // Idle again once the job is cancelled: the two baselines bracket the job, so a change
+    // in other load on the machine shows up as a gap between them.
+    let (after, wall) = run(&url, image, mask, "png", 1, args.n).await;
+    let after = stats(&after, wall);
     if let Some(jobs) = &state.finetune {
         jobs.shutdown().await;
     }
-    (info, idle, busy, steps_per_s)
+    (info, [before, after], busy, steps_per_s)
 }
 
 async fn finetune_bench(args: &Args) {
@@ -435,8 +438,8 @@ async fn finetune_bench(args: &Args) {
     ] {
         let (info, idle, busy, steps) = with_and_without_job(args, &flags, &image, &mask).await;
         eprintln!(
-            "{name}: p50 {:.0} ms idle, {:.0} ms with a job ({steps:.2} steps/s)",
-            idle.p50, busy.p50
+            "{name}: p50 {:.0} ms before, {:.0} ms with a job ({steps:.2} steps/s), {:.0} ms after",
+            idle[0].p50, busy.p50, idle[1].p50
         );
         model.get_or_insert(info);
         rows.push((name, idle, busy, steps));
@@ -449,16 +452,16 @@ async fn finetune_bench(args: &Args) {
          measured by the client (`server-example/benches/server.rs --finetune`). Model `{}` \
          ({}), device `{}`, 1 inference worker. The job fine-tunes that model on 8 crops of \
          the sample photo with the default job settings (256² crops, batch 4, no VGG terms). \
-         Each row is its own server; its no-job column pools {} requests before the job starts \
-         and {} after it is cancelled. \
+         Each row is its own server, warmed up with {} requests; no-job latency is measured \
+         with {} requests before the job starts and again after it is cancelled. \
          {}; {} ({cores} threads); load average (1 min) {load_before} before, \
          {load_after} after.\n\n",
-        args.n,
-        args.n,
         args.n,
         info.model_id,
         info.model_version,
         info.device,
+        args.n,
+        args.n,
         date(),
         cpu_name(),
     ));
@@ -466,14 +469,15 @@ async fn finetune_bench(args: &Args) {
         "Command: `cargo bench -p server-example --bench server -- {}`\n\n",
         argv()
     ));
-    md.push_str("| Training thread | p50 ms, no job | p50 ms, job training | ratio | p99 ms, job training | training steps/s meanwhile |\n");
+    md.push_str("| Training thread | p50 ms, no job (before / after) | p50 ms, job training | ratio to no job | p99 ms, job training | training steps/s meanwhile |\n");
     md.push_str("|---|---|---|---|---|---|\n");
-    for (name, idle, busy, steps) in &rows {
+    for (name, [before, after], busy, steps) in &rows {
         md.push_str(&format!(
-            "| {name} | {:.0} | {:.0} | {:.2}× | {:.0} | {steps:.2} |\n",
-            idle.p50,
+            "| {name} | {:.0} / {:.0} | {:.0} | {:.2}× | {:.0} | {steps:.2} |\n",
+            before.p50,
+            after.p50,
             busy.p50,
-            busy.p50 / idle.p50,
+            2.0 * busy.p50 / (before.p50 + after.p50),
             busy.p99
         ));
     }

@@ -77,9 +77,7 @@ impl AppState {
             device,
             cfg.loaded_models,
         ));
-        // Read before the training thread lowers its own count: libtorch gives threads that
-        // have not chosen one the count last set by any thread.
-        let intra_op_threads = tch::get_num_threads().max(1) as usize;
+        let intra_op_threads = default_intra_op_threads();
         let (backend, finetune) = match &cfg.remote_model {
             Some(url) => (
                 Backend::Remote(Remote::new(url, cfg.workers, cfg.queue, cfg.timeout())),
@@ -130,6 +128,14 @@ impl AppState {
             }),
         })
     }
+}
+
+/// libtorch's default intra-op thread count (one per physical core), read once per process:
+/// later reads can see a training thread's lowered count, which libtorch hands on to threads
+/// that have not chosen one (see `finetune::pin_intra_op_threads`).
+fn default_intra_op_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| tch::get_num_threads().max(1) as usize)
 }
 
 fn finetune_settings(cfg: &Config, device: tch::Device) -> FinetuneSettings {
