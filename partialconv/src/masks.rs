@@ -105,6 +105,14 @@ impl HoleMask {
         Self::from_bools(width, height, values.iter().map(|&v| is_hole(v)).collect())
     }
 
+    /// An `H×W` array of 8-bit values (hole where ≥ 128), in any memory order: a numpy
+    /// array from the bindings or a slice of a larger array.
+    pub fn from_array(values: ndarray::ArrayView2<u8>) -> Self {
+        let (height, width) = values.dim();
+        let holes = values.iter().map(|&v| is_hole(v)).collect();
+        Self::from_bools(width as u32, height as u32, holes)
+    }
+
     /// The mask convention, applied to any decoded image.
     pub fn from_image(img: &DynamicImage) -> Self {
         let (width, height) = img.dimensions();
@@ -558,5 +566,18 @@ mod tests {
             g.generate(64, 64, (0.1, 0.2), 1),
             g.generate(64, 64, (0.1, 0.2), 2)
         );
+    }
+
+    #[test]
+    fn from_array_reads_rows_in_order_whatever_the_layout() {
+        let a = ndarray::arr2(&[[0u8, 255, 0], [128, 127, 200]]);
+        let m = HoleMask::from_array(a.view());
+        assert_eq!(m.dimensions(), (3, 2));
+        assert_eq!(m.as_slice(), &[false, true, false, true, false, true]);
+        // A transposed (column-major) view is read in logical order too.
+        let t = a.t();
+        let mt = HoleMask::from_array(t);
+        assert_eq!(mt.dimensions(), (2, 3));
+        assert_eq!(mt.as_slice(), &[false, true, true, false, false, true]);
     }
 }
