@@ -865,7 +865,11 @@ impl Inner {
                 st.resumed_from_step = Some(resumed);
                 st.checkpoint_step = Some(resumed);
             }
-            st.images.skipped = status.images.skipped.max(tuner.skipped_images());
+            // Files the upload skipped plus written ones the trainer could not decode;
+            // recomputed, not added, so a resumed job does not count them twice.
+            let c = &status.images;
+            st.images.skipped =
+                c.received.saturating_sub(c.train + c.holdout) + tuner.skipped_images();
         });
         if status.validation.base.is_none() && status.validation.holdout_images > 0 && resumed == 0
         {
