@@ -30,7 +30,9 @@ setup: .venv/.ready .libtorch
 # local image folder under ~/.cache/partialconv/server-data.
 run: setup
 	cargo build --release -p server-example -p partialconv
-	$(BIN)/server-example --data-dir $(CACHE)/server-data
+	# Passive OpenMP threads: spinning ones steal the CPU from a fine-tune job's thread and
+	# from the other workers between requests (docs/benchmarks.md).
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/server-example --data-dir $(CACHE)/server-data
 
 # The CLI on the sample photo, without the server.
 demo: setup
