@@ -30,7 +30,7 @@ use history_sink::{HistoryEvent, HistorySink};
 use partialconv::eval::{BucketMetrics, ValReport};
 use partialconv::train::{FineTuner, TrainConfig};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use uuid::Uuid;
 
 use crate::error::AppError;
@@ -43,7 +43,8 @@ pub const HOLDOUT_FRACTION: f64 = 0.15;
 /// Longest job `name`, in characters.
 pub const MAX_NAME_LEN: usize = 100;
 
-/// Fine-tune uploads decoded at once: each may hold the largest allowed body in memory.
+/// Fine-tune uploads read and checked at once: each may hold the largest allowed body in
+/// memory, so this bounds what uploads take to about this many times `--finetune-max-mb`.
 const CONCURRENT_UPLOADS: usize = 2;
 
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -457,12 +458,19 @@ impl FineTunes {
         &self.inner.settings
     }
 
-    /// Checks an upload off the async threads; 503 while too many are being checked.
+    /// A slot for one upload, taken before its body is read (a permit taken only after
+    /// the body is in memory would bound nothing); 503 while all are taken.
+    pub fn admit_upload(&self) -> Result<SemaphorePermit<'_>, AppError> {
+        self.uploads.try_acquire().map_err(|_| AppError::Overloaded)
+    }
+
+    /// Checks an upload off the async threads.
     pub async fn prepare(&self, upload: Upload) -> Result<Prepared, AppError> {
-        let _permit = self
-            .uploads
-            .try_acquire()
-            .map_err(|_| AppError::Overloaded)?;
+        // Before decoding every photo: a user already at the limit gets the 429 cheaply.
+        // `submit` checks again, under the lock, for uploads that race.
+        if let Ok(user) = crate::service::check_user_id(upload.user_id.clone()) {
+            self.check_quota(user.as_deref().unwrap_or(crate::service::ANONYMOUS))?;
+        }
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || prepare(upload, &inner.settings, &inner.models))
             .await
@@ -790,14 +798,22 @@ impl Inner {
         (e.tx.clone(), e.cancel.clone())
     }
 
+    /// Changes a job's status. A persisted change is written before it is published, so
+    /// that what a client has seen (a final state above all) survives a restart.
     fn update(&self, id: Uuid, persist: bool, f: impl FnOnce(&mut JobStatus)) {
         let (tx, _) = self.entry(id);
-        tx.send_modify(f);
-        if persist {
-            if let Err(e) = write_status(&self.models.job_dir(id), &tx.borrow()) {
-                tracing::warn!(job = %id, "writing job.json: {e}");
-            }
+        if !persist {
+            tx.send_modify(f);
+            return;
         }
+        // Only this thread changes a job once it runs, so nothing is lost between the
+        // copy and the replace.
+        let mut next = tx.borrow().clone();
+        f(&mut next);
+        if let Err(e) = write_status(&self.models.job_dir(id), &next) {
+            tracing::warn!(job = %id, "writing job.json: {e}");
+        }
+        tx.send_replace(next);
     }
 
     /// The file the bundled model is written to, so that the trainer can read it as a base.

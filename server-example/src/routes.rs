@@ -293,6 +293,7 @@ pub async fn finetune_submit(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
     let jobs = state.finetune()?;
+    let _upload = jobs.admit_upload()?;
     let limit_mb = state.limits.finetune_max_bytes as f64 / (1024.0 * 1024.0);
     let max_images = jobs.settings().max_images;
     let mut multipart = multipart?;

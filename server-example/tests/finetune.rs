@@ -62,6 +62,37 @@ fn job_form(files: Vec<Vec<u8>>) -> reqwest::multipart::Form {
         })
 }
 
+/// The step stored inside a trainer checkpoint file, to check it against a job's status.
+fn checkpoint_file_step(path: &std::path::Path) -> u64 {
+    let tensors = tch::Tensor::read_safetensors(path).unwrap();
+    let (_, state) = tensors
+        .iter()
+        .find(|(name, _)| name == "state_json")
+        .expect("a checkpoint has its training state");
+    let bytes = Vec::<u8>::try_from(state).unwrap();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    v["step"].as_u64().unwrap()
+}
+
+fn read_job_json(dir: &std::path::Path, id: &str) -> Value {
+    let path = dir.join(format!("finetune/jobs/{id}/job.json"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 fn zip_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());
     {
@@ -180,10 +211,12 @@ async fn a_tiny_job_trains_to_done_and_its_model_serves_inpaint() {
     let last = events.last().unwrap();
     assert_eq!(last["state"], "done", "{last}");
     assert!(
-        events
-            .iter()
-            .any(|e| e["state"] == "running" && e["step"].as_u64().unwrap() >= 1),
-        "no progress event: {events:?}"
+        events.iter().any(|e| e["state"] == "running"
+            && e["step"].as_u64().unwrap() >= 1
+            && e["total_steps"] == 6
+            && e["loss"].as_f64().is_some()
+            && e["eta_s"].as_f64().is_some()),
+        "no progress event with step, loss and ETA: {events:?}"
     );
 
     let v = s.job(&id).await;
@@ -285,6 +318,14 @@ async fn a_tiny_job_trains_to_done_and_its_model_serves_inpaint() {
             .inpaint(form(img.clone(), mask.clone()).text("model", bad.clone()))
             .await;
         assert_eq!(error_code(r).await, (404, "unknown_model".into()), "{bad}");
+        let r = s
+            .client
+            .post(format!("{}/reconstruct", s.url))
+            .json(&serde_json::json!({"original": b64(&img), "mask": b64(&mask), "model": bad}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(r).await, (404, "unknown_model".into()), "{bad}");
     }
 
     // Same shape, two models: a batch only ever holds one model's requests.
@@ -331,6 +372,7 @@ async fn restart_keeps_jobs_and_models_resumes_the_running_job_and_cancel_keeps_
         .submit_ok(
             job_form(photos(3))
                 .text("user_id", "erin")
+                .text("base_model", done.clone())
                 .text("steps", "3"),
         )
         .await;
@@ -341,6 +383,15 @@ async fn restart_keeps_jobs_and_models_resumes_the_running_job_and_cancel_keeps_
         .await;
     assert_eq!(a.job(&queued).await["state"], "queued");
     a.stop().await;
+    // On disk after the stop: still running, with a checkpoint at the step it stopped at.
+    let run_dir = dir.path().join(format!("finetune/jobs/{long}/run"));
+    let checkpoint = run_dir.join("checkpoint.safetensors");
+    let stopped = read_job_json(dir.path(), &long);
+    assert_eq!(stopped["state"], "running", "{stopped}");
+    let stopped_at = stopped["checkpoint_step"].as_u64().unwrap();
+    assert!(stopped_at >= before["checkpoint_step"].as_u64().unwrap());
+    assert_eq!(checkpoint_file_step(&checkpoint), stopped_at);
+    assert_eq!(read_job_json(dir.path(), &queued)["state"], "queued");
 
     let b = start_in(dir.clone(), &args(&[]), |_| {}).await;
     let list: Value = b.get("/api/v1/finetune").await.json().await.unwrap();
@@ -364,10 +415,14 @@ async fn restart_keeps_jobs_and_models_resumes_the_running_job_and_cancel_keeps_
         .await;
     assert_eq!(resumed["state"], "running");
     let from = resumed["resumed_from_step"].as_u64().unwrap();
-    assert!(
-        from >= before["checkpoint_step"].as_u64().unwrap(),
-        "resumed from {from}, not from the last checkpoint: {before}"
+    assert_eq!(
+        from, stopped_at,
+        "resumed from {from}, not from the last checkpoint"
     );
+    // The interrupted job went first; the queued one is still waiting behind it.
+    let waiting = b.job(&queued).await;
+    assert_eq!(waiting["state"], "queued", "{waiting}");
+    assert!(waiting["started_at"].is_null(), "{waiting}");
     // The finished job's model survived too.
     assert!(b.models().await.iter().any(|m| m["id"] == done.as_str()));
     let (img, mask) = small_pair();
@@ -381,17 +436,23 @@ async fn restart_keeps_jobs_and_models_resumes_the_running_job_and_cancel_keeps_
     assert_eq!(v["state"], "cancelled");
     let step = v["checkpoint_step"].as_u64().unwrap();
     assert!(step > from, "{v}");
-    let checkpoint = dir
-        .path()
-        .join(format!("finetune/jobs/{long}/run/checkpoint.safetensors"));
     assert!(checkpoint.is_file(), "{} is gone", checkpoint.display());
+    assert_eq!(
+        checkpoint_file_step(&checkpoint),
+        step,
+        "the kept checkpoint is the one taken at the cancel"
+    );
+    assert_eq!(read_job_json(dir.path(), &long)["state"], "cancelled");
     assert!(!b.models().await.iter().any(|m| m["id"] == long.as_str()));
     let r = b.cancel(&long).await;
     assert_eq!(error_code(r).await, (409, "job_finished".into()));
 
-    // The queued job runs next.
+    // The queued job runs next, from the first job's model.
     b.wait_job(&queued, "the queued job", |v| v["state"] == "done")
         .await;
+    let m = b.models().await;
+    let chained = m.iter().find(|m| m["id"] == queued.as_str()).unwrap();
+    assert_eq!(chained["base"], done.as_str());
     // A queued job cancels at once.
     let third = b
         .submit_ok(
@@ -483,10 +544,18 @@ async fn every_limit_gets_a_4xx_json_and_the_server_keeps_serving() {
         let r = s.submit(job_form(photos(2)).text("steps", steps)).await;
         assert_eq!(code(r).await, (400, "bad_argument".into()), "{steps}");
     }
+    for name in ["n".repeat(101), "bell\u{7}".into()] {
+        let r = s.submit(job_form(photos(2)).text("name", name)).await;
+        assert_eq!(code(r).await, (400, "bad_argument".into()));
+    }
     let r = s
         .submit(job_form(photos(2)).text("base_model", "nope"))
         .await;
     assert_eq!(code(r).await, (404, "unknown_model".into()));
+    let r = s
+        .submit(job_form(vec![b"PK\x03\x04 but no zip".to_vec()]))
+        .await;
+    assert_eq!(code(r).await, (400, "bad_zip".into()));
     let r = s
         .submit(reqwest::multipart::Form::new().text("user_id", "x"))
         .await;
@@ -501,10 +570,16 @@ async fn every_limit_gets_a_4xx_json_and_the_server_keeps_serving() {
         .unwrap();
     assert_eq!(code(r).await, (415, "unsupported_media_type".into()));
     // A zip of photos is accepted; a second job of the same user is refused while it runs.
+    // Its entry names and the job name try to escape the data dir: neither names a file.
+    let outside = std::env::temp_dir().join(format!("escape-{}.png", uuid::Uuid::now_v7()));
     let entries: Vec<(String, Vec<u8>)> = photos(3)
         .into_iter()
-        .enumerate()
-        .map(|(i, p)| (format!("{i}.png"), p))
+        .zip([
+            "../../../../escape0.png".to_owned(),
+            outside.display().to_string(),
+            "sub\\..\\..\\escape2.png".to_owned(),
+        ])
+        .map(|(p, name)| (name, p))
         .collect();
     let entries: Vec<(&str, Vec<u8>)> = entries
         .iter()
@@ -514,18 +589,99 @@ async fn every_limit_gets_a_4xx_json_and_the_server_keeps_serving() {
         .submit_ok(
             job_form(vec![zip_of(&entries)])
                 .text("user_id", "gus")
+                .text("name", "../../escape-name")
                 .text("steps", "1000000"),
         )
         .await;
-    assert_eq!(s.job(&id).await["images"]["received"], 3);
+    let v = s.job(&id).await;
+    assert_eq!(v["images"]["received"], 3);
+    assert_eq!(v["images"]["skipped"], 0);
+    assert_eq!(v["name"], "../../escape-name");
+    assert!(!outside.exists());
+    let root = s.data_dir.path().parent().unwrap();
+    let stray: Vec<_> = files_under(s.data_dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("escape"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    assert!(!root.join("escape0.png").exists());
+    let job_dir = s.data_dir.path().join(format!("finetune/jobs/{id}"));
+    let mut photos_written: Vec<String> = ["train", "val"]
+        .iter()
+        .flat_map(|sub| files_under(&job_dir.join(sub)))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    photos_written.sort();
+    assert_eq!(photos_written, ["0000.png", "0001.png", "0002.png"]);
+    // The limit is per user: gus is at it, hank is not.
     let r = s.submit(job_form(photos(2)).text("user_id", "gus")).await;
     assert_eq!(code(r).await, (429, "too_many_jobs".into()));
+    let hank = s
+        .submit_ok(job_form(photos(2)).text("user_id", "hank"))
+        .await;
     // Unknown jobs.
     for bad in [uuid::Uuid::now_v7().to_string(), "..%2F..%2Fetc".into()] {
         let r = s.get(&format!("/api/v1/finetune/{bad}")).await;
         assert_eq!(code(r).await, (404, "unknown_job".into()), "{bad}");
     }
+    let r = s.cancel(&uuid::Uuid::now_v7().to_string()).await;
+    assert_eq!(code(r).await, (404, "unknown_job".into()));
+    let r = s
+        .get(&format!("/api/v1/finetune/{}/events", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(code(r).await, (404, "unknown_job".into()));
+    // A job that ends frees its place under the limit.
     assert_eq!(s.cancel(&id).await.status(), 200);
+    let again = s
+        .submit_ok(job_form(photos(2)).text("user_id", "gus"))
+        .await;
+    for job in [&hank, &again] {
+        assert_eq!(s.cancel(job).await.status(), 200);
+    }
+
+    // Uploads are admitted before their bodies are read: stalled ones take every slot, the
+    // next is refused at once, and the slots come back when those clients go away. A stalled
+    // upload that arrives while a probe holds a slot is itself refused, so more are opened
+    // until two hold on.
+    let stall = || async {
+        use tokio::io::AsyncWriteExt;
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let head = format!(
+            "POST /api/v1/finetune HTTP/1.1\r\nhost: {}\r\n\
+             content-type: multipart/form-data; boundary=b\r\ncontent-length: 50000\r\n\r\n\
+             --b\r\ncontent-disposition: form-data; name=\"images\"; filename=\"a.png\"\r\n\r\n",
+            s.addr
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        c
+    };
+    // Admitted, a probe with a bad `steps` gets 400; refused, 503.
+    let probe = || async { code(s.submit(job_form(photos(2)).text("steps", "0")).await).await };
+    let mut stalled = vec![stall().await, stall().await];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let got = probe().await;
+        if got.0 == 503 {
+            assert_eq!(got.1, "overloaded");
+            break;
+        }
+        assert_eq!(got, (400, "bad_argument".into()));
+        assert!(
+            Instant::now() < deadline,
+            "stalled uploads never took the slots"
+        );
+        stalled.push(stall().await);
+    }
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe().await != (400, "bad_argument".into()) {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled uploads' slots never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Still serving.
     let (img, mask) = small_pair();
     assert_eq!(s.inpaint(form(img, mask)).await.status(), 200);
