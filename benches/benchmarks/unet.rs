@@ -1,8 +1,9 @@
 //! The seed architecture (layer_size 7, width 64, 25.8M parameters) at 512×512 on the CPU:
-//! the grouped mask path against the full mask convolutions of the public implementations,
-//! and both against the dense-convolution bound (the network's 75.8 GFLOP at the rate of one
-//! large 3×3 convolution, timed in the same run; 75.8 GFLOP is twice the network's
-//! multiply-adds at 512×512, as `examples/conv_shapes.rs` counts them).
+//! the grouped mask path as the inpainter runs it against the full mask convolutions of the
+//! public implementations (NCHW, batch norm unfused), and the rate of one large 3×3
+//! convolution for the dense-convolution bound (75.8 GFLOP, `bench::conv_flops`). Criterion
+//! times each case in its own block of time, so on a shared machine the ratios drift with
+//! the load: `interleaved.rs` measures the targets with the cases interleaved.
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use partialconv::bench::sample_input;
@@ -11,8 +12,16 @@ use partialconv::{Mask, Model, ModelMeta, PConvUNetConfig};
 use tch::{Device, Kind, Tensor};
 
 fn forward(c: &mut Criterion) {
-    tch::manual_seed(0);
-    let model = Model::new(ModelMeta::new(PConvUNetConfig::default()), Device::Cpu).unwrap();
+    let seeded = || {
+        tch::manual_seed(0);
+        Model::new(ModelMeta::new(PConvUNetConfig::default()), Device::Cpu).unwrap()
+    };
+    // Ours as the inpainter runs it (NHWC, batch norm absorbed); the public implementations'
+    // way in PyTorch's default NCHW with batch norm as its own step.
+    let mut model = seeded();
+    model.net.absorb_bn();
+    let mut public = seeded();
+    public.net.set_channels_last(false);
     let (x, valid) = sample_input(512, 1, Device::Cpu, Kind::Float);
     let mut group = c.benchmark_group("unet_512_seed");
     group
@@ -22,12 +31,14 @@ fn forward(c: &mut Criterion) {
     for path in ["grouped", "per_channel"] {
         group.bench_with_input(BenchmarkId::from_parameter(path), &path, |b, &path| {
             b.iter(|| {
-                let mask = match path {
-                    "grouped" => Mask::shared(valid.shallow_clone(), 3),
-                    // Channels-last like the features, so both paths get the same kernels.
-                    _ => Mask::PerChannel(channels_last(&valid.expand([1, 3, 512, 512], false))),
+                let (net, mask) = match path {
+                    "grouped" => (&model.net, Mask::shared(valid.shallow_clone(), 3)),
+                    _ => (
+                        &public.net,
+                        Mask::PerChannel(valid.expand([1, 3, 512, 512], false).contiguous()),
+                    ),
                 };
-                tch::no_grad(|| model.net.forward_t(&(&x * &valid), &mask, false).0)
+                tch::no_grad(|| net.forward_t(&(&x * &valid), &mask, false).0)
             })
         });
     }
