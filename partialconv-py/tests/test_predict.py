@@ -184,7 +184,14 @@ def test_predict_batch_equals_predict(inpainter):
         batch = inpainter.predict_batch(list(images), list(masks), strategy=strategy)
         assert len(batch) == len(items)
         for (img, holes), got in zip(items, batch):
-            np.testing.assert_array_equal(got, inpainter.predict(img, holes, strategy=strategy))
+            single = inpainter.predict(img, holes, strategy=strategy)
+            assert got.shape == single.shape and got.dtype == single.dtype
+            # Outside the holes both are the input, bit for bit. Inside, a batch may run other
+            # convolution kernels (oneDNN blocks over N·H·W), so sums round differently and
+            # a value can land one level apart after rounding to 8 bits.
+            np.testing.assert_array_equal(got[~holes], single[~holes])
+            diff = np.abs(got.astype(int) - single.astype(int))
+            assert diff.max() <= 1, f"batched result differs by {diff.max()} levels"
     assert inpainter.predict_batch([], []) == []
 
 
