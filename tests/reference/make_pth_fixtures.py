@@ -2,8 +2,8 @@
 """Writes the small torch.save fixtures that partialconv's checkpoint reader
 (`partialconv/src/checkpoint/torch_pickle.rs`) is tested against.
 
-Usage: python make_pth_fixtures.py [OUT_DIR]
-(default: partialconv/tests/fixtures/pth next to this repo's root)
+Usage: python make_pth_fixtures.py OUT_DIR
+(`make fixtures` writes them to $PARTIALCONV_REFERENCE_DIR/pth; nothing is committed)
 
 Produces:
   zip.pth          default zip format, pickle protocol 2
@@ -151,9 +151,9 @@ def scalar_line(name, key, v):
 
 
 def main():
-    here = os.path.dirname(os.path.abspath(__file__))
-    default = os.path.join(here, "..", "..", "partialconv", "tests", "fixtures", "pth")
-    out_dir = sys.argv[1] if len(sys.argv) > 1 else default
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    out_dir = sys.argv[1]
     os.makedirs(out_dir, exist_ok=True)
 
     full = build()

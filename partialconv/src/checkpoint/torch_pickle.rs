@@ -2437,11 +2437,31 @@ mod tests {
         assert_eq!(bad.numel(), 4);
     }
 
+    /// The files of `tests/reference/make_pth_fixtures.py`, made fresh by real torch rather
+    /// than committed: `make fixtures` writes them to `$PARTIALCONV_REFERENCE_DIR/pth`; without
+    /// that variable the script runs here, with `$PARTIALCONV_PYTHON`.
+    fn torch_fixture_dir() -> std::path::PathBuf {
+        if let Some(dir) = std::env::var_os("PARTIALCONV_REFERENCE_DIR") {
+            return std::path::PathBuf::from(dir).join("pth");
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let dir = std::env::temp_dir().join(format!("partialconv-pth-{}", std::process::id()));
+        let python = std::env::var("PARTIALCONV_PYTHON")
+            .unwrap_or_else(|_| root.join(".venv/bin/python").display().to_string());
+        let status = std::process::Command::new(python)
+            .arg(root.join("tests/reference/make_pth_fixtures.py"))
+            .arg(&dir)
+            .status()
+            .expect("running make_pth_fixtures.py");
+        assert!(status.success(), "make_pth_fixtures.py failed");
+        dir
+    }
+
     /// Checks the files written by `tests/reference/make_pth_fixtures.py`
     /// (real torch 2.11 output) against the values it recorded.
     #[test]
     fn torch_fixtures_match_expected() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pth");
+        let dir = torch_fixture_dir();
         let expected = std::fs::read_to_string(dir.join("expected.tsv")).unwrap();
         let mut files: BTreeMap<String, PthFile> = BTreeMap::new();
         let mut checked = 0;
