@@ -425,6 +425,15 @@ impl FineTuner {
             let adam = Adam::new(&model);
             (model, adam, 0)
         };
+        // Each encoder level halves the crop; a crop that does not halve evenly down to the
+        // bottleneck fails deep inside the decoder's concatenation instead.
+        let multiple = model.meta.config.multiple();
+        if i64::from(cfg.train_size) % multiple != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "training size {} must be a multiple of {multiple} for a network of {} levels",
+                cfg.train_size, model.meta.config.layer_size
+            )));
+        }
         let loss = InpaintingLoss {
             weights: cfg.loss,
             normalization: model.meta.normalization,
@@ -520,6 +529,10 @@ impl FineTuner {
                 style: terms.style,
                 tv: terms.tv,
             };
+            // Before validating, so that the step the budget ends on is validated as the last.
+            if let Some(budget) = self.cfg.time_budget {
+                self.fit_to_budget(budget, start.elapsed(), first_step);
+            }
             let val = if self.step.is_multiple_of(self.cfg.val_every) || self.step == self.cfg.steps
             {
                 let mut report = self.validate()?;
@@ -542,9 +555,6 @@ impl FineTuner {
                 val: val.clone(),
             };
             self.record(&mut log, &progress)?;
-            if let Some(budget) = self.cfg.time_budget {
-                self.fit_to_budget(budget, start.elapsed(), first_step);
-            }
             let stop = callback(&progress).is_break() || INTERRUPTED.load(Ordering::SeqCst);
             if stop || self.step.is_multiple_of(self.cfg.checkpoint_every) {
                 self.save_checkpoint()?;
