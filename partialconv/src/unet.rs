@@ -285,7 +285,8 @@ impl PConvBlock {
         let h = match self.activation {
             Activation::Relu => h.relu_(),
             Activation::LeakyRelu => {
-                h.internal_prelu_kernel(&Tensor::from(LEAKY_SLOPE).to_kind(h.kind()))
+                let slope = Tensor::from(LEAKY_SLOPE).to_kind(h.kind());
+                h.internal_prelu_kernel(&slope.to_device(h.device()))
             }
             Activation::Linear => h,
         };
