@@ -200,3 +200,31 @@ fn a_wrong_vgg_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_crop_size_the_network_cannot_halve_is_a_clear_error() {
+    let tmp = setup();
+    let mut cfg = tiny_config(tmp.path(), 1);
+    cfg.train_size = 40; // four levels need a multiple of 16
+    let err = FineTuner::new(cfg).err().expect("must fail");
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("training size 40") && msg.contains("multiple of 16"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_run_cut_by_its_time_budget_validates_its_last_step() {
+    let tmp = setup();
+    let mut cfg = tiny_config(tmp.path(), 1000);
+    cfg.time_budget = Some(std::time::Duration::from_millis(1));
+    let summary = FineTuner::new(cfg)
+        .unwrap()
+        .run(|_| ControlFlow::Continue(()))
+        .unwrap();
+    assert!(summary.steps < 1000, "the budget must cut the run");
+    let val = summary.last_val.expect("the last step is validated");
+    assert_eq!(val.step, summary.steps);
+}
