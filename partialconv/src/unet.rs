@@ -114,6 +114,9 @@ struct PConvBlock {
 struct Fused {
     conv: FusedConv,
     bias: Option<Tensor>,
+    /// The LeakyReLU slope as a tensor on the weights' device, made once: `prelu` takes it
+    /// as a tensor, and a fresh CPU scalar each call would be an extra host-to-GPU copy.
+    slope: Tensor,
 }
 
 #[derive(Debug)]
@@ -249,11 +252,14 @@ impl PConvBlock {
             }
             None => (conv.weight.copy(), conv.bias.as_ref().map(Tensor::copy)),
         });
+        let slope = Tensor::from(LEAKY_SLOPE)
+            .to_kind(weight.kind())
+            .to_device(weight.device());
         let conv = match up {
             Some(up) => FusedConv::SubPixel(tch::no_grad(|| SubPixel::new(&weight, up))),
             None => FusedConv::Plain(weight),
         };
-        self.fused = Some(Fused { conv, bias });
+        self.fused = Some(Fused { conv, bias, slope });
     }
 
     /// The inference path after [`absorb_bn`](Self::absorb_bn): the output is already
@@ -266,7 +272,7 @@ impl PConvBlock {
         let (h, mask) = self
             .conv
             .forward_fused(x_masked, mask, weight, f.bias.as_ref());
-        Some(self.activate_fused(h, mask))
+        Some(self.activate_fused(h, mask, &f.slope))
     }
 
     /// A decoder block after `absorb_bn`, from the masked low-resolution map and the masked
@@ -278,16 +284,13 @@ impl PConvBlock {
         };
         let raw = sub_pixel.conv(h, skip);
         let (h, mask) = self.conv.finish_fused(raw, mask, f.bias.as_ref());
-        Some(self.activate_fused(h, mask))
+        Some(self.activate_fused(h, mask, &f.slope))
     }
 
-    fn activate_fused(&self, mut h: Tensor, mask: Mask) -> (Tensor, Mask) {
+    fn activate_fused(&self, mut h: Tensor, mask: Mask, slope: &Tensor) -> (Tensor, Mask) {
         let h = match self.activation {
             Activation::Relu => h.relu_(),
-            Activation::LeakyRelu => {
-                let slope = Tensor::from(LEAKY_SLOPE).to_kind(h.kind());
-                h.internal_prelu_kernel(&slope.to_device(h.device()))
-            }
+            Activation::LeakyRelu => h.internal_prelu_kernel(slope),
             Activation::Linear => h,
         };
         (h, mask)
