@@ -29,7 +29,7 @@ impl<'py> FromPyObject<'_, 'py> for StrategyArg {
     }
 }
 
-/// `"cpu" | "cuda" | "cuda:N"`, checked against the machine by the core.
+/// `"auto" | "cpu" | "cuda" | "cuda:N"`, checked against the machine by the core.
 pub struct DeviceArg(pub Device);
 
 impl<'py> FromPyObject<'_, 'py> for DeviceArg {

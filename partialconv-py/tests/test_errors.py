@@ -71,7 +71,7 @@ def test_bad_strategy(inpainter, pair, cli, tiny_model):
 
 
 def test_bad_device(tiny_model):
-    with pytest.raises(ValueError, match="expected cpu, cuda or cuda:N"):
+    with pytest.raises(ValueError, match="expected auto, cpu, cuda or cuda:N"):
         partialconv.Inpainter.load(tiny_model, device="tpu")
     import torch
 

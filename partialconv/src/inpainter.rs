@@ -105,7 +105,8 @@ pub fn choose(width: u32, height: u32, hole_boxes: &[Rect], working_side: u32) -
     }
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N`, failing clearly where CUDA is absent.
+/// Parses `auto` (the first GPU when CUDA is present, else the CPU), `cpu`, `cuda` or
+/// `cuda:N`, failing clearly where a named GPU is absent.
 pub fn parse_device(s: &str) -> Result<Device> {
     let cuda = |i: usize| {
         if !tch::Cuda::is_available() {
@@ -124,13 +125,14 @@ pub fn parse_device(s: &str) -> Result<Device> {
         Ok(Device::Cuda(i))
     };
     match s {
+        "auto" => Ok(Device::cuda_if_available()),
         "cpu" => Ok(Device::Cpu),
         "cuda" => cuda(0),
         _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => cuda(i),
             _ => Err(Error::Device(
                 s.into(),
-                "expected cpu, cuda or cuda:N".into(),
+                "expected auto, cpu, cuda or cuda:N".into(),
             )),
         },
     }

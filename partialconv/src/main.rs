@@ -39,7 +39,8 @@ enum Command {
         /// auto | original | resize | resize:N | crop
         #[arg(long, default_value = "auto")]
         strategy: Strategy,
-        #[arg(long, default_value = "cpu")]
+        /// auto (a GPU when CUDA is present), cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
         device: String,
         /// Scale a mask of another size to the image (nearest neighbour).
         #[arg(long)]
@@ -57,7 +58,8 @@ enum Command {
         model: Option<PathBuf>,
         #[arg(long, default_value = "auto")]
         strategy: Strategy,
-        #[arg(long, default_value = "cpu")]
+        /// auto (a GPU when CUDA is present), cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
         device: String,
     },
     /// Convert a PyTorch checkpoint of the public reimplementation to safetensors.
@@ -84,7 +86,8 @@ enum Command {
         size: u32,
         #[arg(long)]
         max_images: Option<usize>,
-        #[arg(long, default_value = "cpu")]
+        /// auto (a GPU when CUDA is present), cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
         device: String,
         /// Print the two reports as one JSON line instead of a table.
         #[arg(long)]
@@ -108,7 +111,8 @@ enum Command {
         iters: usize,
         #[arg(long, default_value_t = 1)]
         batch: i64,
-        #[arg(long, default_value = "cpu")]
+        /// auto (a GPU when CUDA is present), cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
         device: String,
         /// fp16 weights and activations (CUDA only).
         #[arg(long)]
@@ -175,7 +179,8 @@ struct TrainArgs {
     max_val_images: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value = "cpu")]
+    /// auto (a GPU when CUDA is present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
     device: String,
     /// Store the final model's weights as fp16.
     #[arg(long)]

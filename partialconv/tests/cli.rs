@@ -306,3 +306,19 @@ fn unknown_strategy_and_device_are_rejected() {
         assert_bad_input(&o, &["cuda", "not available"]);
     }
 }
+
+#[test]
+fn auto_device_picks_cuda_only_where_present() {
+    let f = Fixture::new();
+    let o = f.predict(
+        "img.png",
+        "mask.png",
+        "model.safetensors",
+        &["--device", "auto"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        partialconv::inpainter::parse_device("auto").unwrap(),
+        tch::Device::cuda_if_available()
+    );
+}

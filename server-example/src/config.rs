@@ -20,7 +20,7 @@ pub struct Config {
     #[arg(long)]
     pub model: Option<PathBuf>,
 
-    /// Device the model runs on: cpu, cuda or cuda:N.
+    /// Device the model runs on: auto (a GPU when CUDA is present), cpu, cuda or cuda:N.
     #[arg(long, env = "PARTIALCONV_DEVICE", default_value = "cpu")]
     pub device: String,
 

@@ -24,8 +24,8 @@ _MaskLike = Union[npt.NDArray[np.bool_], npt.NDArray[np.uint8], _PILImage, _StrP
 is a hole, or, for an image with a not fully opaque alpha channel, alpha ≥ 1."""
 _Strategy = Union[Literal["auto", "original", "resize", "crop"], str]
 """`"auto"`, `"original"`, `"resize"` (long side 512), `"resize:N"` or `"crop"`."""
-_Device = Union[Literal["cpu", "cuda"], str]
-"""`"cpu"`, `"cuda"` or `"cuda:N"`."""
+_Device = Union[Literal["auto", "cpu", "cuda"], str]
+"""`"auto"` (a GPU when CUDA is present), `"cpu"`, `"cuda"` or `"cuda:N"`."""
 
 @final
 class Inpainter:
