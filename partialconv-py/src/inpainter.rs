@@ -7,7 +7,7 @@ use numpy::PyArray3;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use partialconv::{Error, Strategy};
+use partialconv::{Blend, Error, Strategy};
 
 use crate::convert::{device_name, image_to_array, DeviceArg, ImageArg, MaskArg, StrategyArg};
 use crate::py_err;
@@ -25,14 +25,29 @@ impl Inpainter {
     #[staticmethod]
     // The text signatures show Python's view of the defaults, not the Rust values.
     #[pyo3(
-        signature = (path = None, device = DeviceArg(tch::Device::Cpu)),
-        text_signature = "(path=None, device='cpu')"
+        signature = (path = None, device = DeviceArg(tch::Device::Cpu), blend = "telea", mirror = false),
+        text_signature = "(path=None, device='cpu', blend='telea', mirror=False)"
     )]
-    fn load(py: Python<'_>, path: Option<PathBuf>, device: DeviceArg) -> PyResult<Self> {
+    fn load(
+        py: Python<'_>,
+        path: Option<PathBuf>,
+        device: DeviceArg,
+        blend: &str,
+        mirror: bool,
+    ) -> PyResult<Self> {
+        let blend: Blend = blend.parse().map_err(py_err)?;
         let inner = py
             .detach(|| partialconv::Inpainter::load(path.as_deref(), device.0))
-            .map_err(py_err)?;
+            .map_err(py_err)?
+            .with_blend(blend)
+            .with_mirror_ensemble(mirror);
         Ok(Self { inner })
+    }
+
+    /// How fills meet the photo: `"telea"` or `"paste"`.
+    #[getter]
+    fn blend(&self) -> String {
+        self.inner.blend().to_string()
     }
 
     /// The device the model runs on: `"cpu"` or `"cuda:N"`.

@@ -22,11 +22,11 @@ def save_pair(tmp_path, h, w, boxes, seed=1, channels=3):
     return img, holes
 
 
-def cli_predict(cli, tmp_path, model, strategy, image="image.png", mask="mask.png"):
+def cli_predict(cli, tmp_path, model, strategy, *extra, image="image.png", mask="mask.png"):
     out = tmp_path / f"cli_{strategy.replace(':', '_')}.png"
     code, err = run_cli(
         cli, "predict", "--image", tmp_path / image, "--mask", tmp_path / mask,
-        "--output", out, "--model", model, "--strategy", strategy,
+        "--output", out, "--model", model, "--strategy", strategy, *extra,
     )  # fmt: skip
     assert code == 0, err
     return np.asarray(Image.open(out))
@@ -198,3 +198,26 @@ def test_predict_batch_equals_predict(inpainter):
 def test_inpainter_attributes(inpainter):
     assert inpainter.device == "cpu"
     assert repr(inpainter) == "Inpainter(device='cpu', layer_size=4, width=4)"
+
+
+@pytest.mark.parametrize("blend", ["telea", "paste"])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_blend_and_mirror_bit_identical_to_cli(cli, tiny_model, tmp_path, blend, mirror):
+    h, w, boxes = 64, 80, [(8, 40, 10, 50)]
+    img, holes = save_pair(tmp_path, h, w, boxes)
+    extra = ["--blend", blend] + (["--mirror"] if mirror else [])
+    expected = cli_predict(cli, tmp_path, tiny_model, "original", *extra)
+    inpainter = partialconv.Inpainter.load(tiny_model, blend=blend, mirror=mirror)
+    assert inpainter.blend == blend
+    np.testing.assert_array_equal(inpainter.predict(img, holes, strategy="original"), expected)
+
+
+def test_blends_differ_and_unknown_blends_are_named(tiny_model):
+    h, w = 64, 80
+    img, holes = make_photo(h, w, 2), make_holes(h, w, [(8, 40, 10, 50)])
+    telea = partialconv.Inpainter.load(tiny_model).predict(img, holes)
+    paste = partialconv.Inpainter.load(tiny_model, blend="paste").predict(img, holes)
+    assert (telea[holes] != paste[holes]).any()
+    np.testing.assert_array_equal(telea[~holes], paste[~holes])
+    with pytest.raises(ValueError, match="soft"):
+        partialconv.Inpainter.load(tiny_model, blend="soft")

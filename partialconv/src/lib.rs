@@ -13,6 +13,7 @@
 //! ```
 
 pub mod bench;
+pub mod blend;
 pub mod checkpoint;
 pub mod error;
 pub mod eval;
@@ -28,6 +29,7 @@ pub mod train;
 pub mod unet;
 pub mod vgg;
 
+pub use blend::Blend;
 pub use checkpoint::{Model, ModelMeta, Normalization, Storage};
 pub use error::{Error, Result};
 pub use inpainter::{Inpainter, Strategy};

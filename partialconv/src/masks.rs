@@ -169,6 +169,33 @@ impl HoleMask {
         !self.holes.iter().any(|&h| h)
     }
 
+    /// The exact Euclidean distance from each pixel to the nearest known pixel: 0 outside the
+    /// hole, 1 on its first pixels; infinite everywhere when nothing is known. Felzenszwalb and
+    /// Huttenlocher's separable transform ("Distance Transforms of Sampled Functions", 2012),
+    /// linear in the pixel count.
+    pub fn distance_to_known(&self) -> Vec<f32> {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let far = f64::INFINITY;
+        let mut sq: Vec<f64> = self
+            .holes
+            .iter()
+            .map(|&hole| if hole { far } else { 0.0 })
+            .collect();
+        let mut line = Vec::new();
+        for x in 0..w {
+            line.clear();
+            line.extend((0..h).map(|y| sq[y * w + x]));
+            for (y, d) in squared_distance_1d(&line).into_iter().enumerate() {
+                sq[y * w + x] = d;
+            }
+        }
+        for row in sq.chunks_mut(w.max(1)) {
+            let d = squared_distance_1d(row);
+            row.copy_from_slice(&d);
+        }
+        sq.into_iter().map(|d| d.sqrt() as f32).collect()
+    }
+
     /// 255 = hole, 0 = valid.
     pub fn to_gray(&self) -> GrayImage {
         GrayImage::from_fn(self.width, self.height, |x, y| {
@@ -477,6 +504,47 @@ impl Canvas {
     }
 }
 
+/// `min_q (p − q)² + f(q)` for every `p`: the lower envelope of the parabolas rooted at the
+/// finite samples of `f`.
+fn squared_distance_1d(f: &[f64]) -> Vec<f64> {
+    let roots: Vec<usize> = (0..f.len()).filter(|&q| f[q].is_finite()).collect();
+    if roots.is_empty() {
+        return f.to_vec();
+    }
+    let meet = |q: usize, r: usize| {
+        let (q, r) = (q as f64, r as f64);
+        ((f[q as usize] + q * q) - (f[r as usize] + r * r)) / (2.0 * (q - r))
+    };
+    // `envelope[k]` is a parabola of the envelope; `from[k]` where it starts to be lowest.
+    let mut envelope: Vec<usize> = Vec::with_capacity(roots.len());
+    let mut from: Vec<f64> = Vec::with_capacity(roots.len());
+    for &q in &roots {
+        let mut start = f64::NEG_INFINITY;
+        while let Some(&top) = envelope.last() {
+            start = meet(q, top);
+            if start <= *from.last().expect("one start per parabola") {
+                envelope.pop();
+                from.pop();
+                start = f64::NEG_INFINITY;
+            } else {
+                break;
+            }
+        }
+        envelope.push(q);
+        from.push(start);
+    }
+    let mut k = 0;
+    (0..f.len())
+        .map(|p| {
+            while k + 1 < envelope.len() && from[k + 1] < p as f64 {
+                k += 1;
+            }
+            let q = envelope[k];
+            (p as f64 - q as f64).powi(2) + f[q]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +558,31 @@ mod tests {
         assert_eq!(luma(0, 0, 255), 29);
         assert_eq!(luma(255, 255, 255), 255);
         assert_eq!(luma(128, 128, 128), 128);
+    }
+
+    #[test]
+    fn distance_to_known_is_the_exact_euclidean_distance() {
+        let g = HoleGenerator::default();
+        for (seed, (w, h)) in [(1u64, (37u32, 23u32)), (2, (16, 40)), (3, (50, 50))] {
+            let mask = g.generate(w, h, (0.3, 0.5), seed);
+            let known: Vec<(i64, i64)> = (0..w * h)
+                .filter(|&p| !mask.as_slice()[p as usize])
+                .map(|p| ((p % w) as i64, (p / w) as i64))
+                .collect();
+            for (p, d) in mask.distance_to_known().into_iter().enumerate() {
+                let (x, y) = ((p as u32 % w) as i64, (p as u32 / w) as i64);
+                let brute = known
+                    .iter()
+                    .map(|&(a, b)| (((x - a).pow(2) + (y - b).pow(2)) as f64).sqrt())
+                    .fold(f64::INFINITY, f64::min);
+                assert!(
+                    (d as f64 - brute).abs() < 1e-4,
+                    "{seed} ({x},{y}): {d} vs {brute}"
+                );
+            }
+        }
+        let all = HoleMask::from_bools(3, 2, vec![true; 6]);
+        assert!(all.distance_to_known().iter().all(|d| d.is_infinite()));
     }
 
     #[test]

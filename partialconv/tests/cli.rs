@@ -308,6 +308,30 @@ fn unknown_strategy_and_device_are_rejected() {
 }
 
 #[test]
+fn blend_changes_the_fill_mirror_is_accepted_and_unknown_blends_are_named() {
+    let f = Fixture::new();
+    let mut outs = Vec::new();
+    for extra in [&[][..], &["--blend", "paste"], &["--mirror"]] {
+        let mut args = vec!["--strategy", "original"];
+        args.extend_from_slice(extra);
+        let o = f.predict("img.png", "mask.png", "model.safetensors", &args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        outs.push(image::open(f.path("out.png")).unwrap().to_rgb8());
+    }
+    assert_ne!(outs[0], outs[1], "--blend paste made no difference");
+    // What the ensemble changes is tested on the library (tests/properties.rs): this tiny
+    // random network's fill of a 10 px square rounds to the same pixels either way.
+    let o = f.predict(
+        "img.png",
+        "mask.png",
+        "model.safetensors",
+        &["--blend", "soft"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("soft"), "{}", stderr(&o));
+}
+
+#[test]
 fn auto_device_picks_cuda_only_where_present() {
     let f = Fixture::new();
     let o = f.predict(

@@ -107,6 +107,105 @@ fn batch_matches_single_predictions() {
     }
 }
 
+fn mirrored(img: &RgbImage) -> RgbImage {
+    image::imageops::flip_horizontal(img)
+}
+
+#[test]
+fn the_mirror_ensemble_is_mirror_equivariant_and_the_single_pass_is_not() {
+    // Neither size is a multiple of the network's 16, so the single pass pads on the right
+    // only and sees a mirrored photo differently; the ensemble averages both views.
+    let (w, h) = (37, 22);
+    let img = image_from(w, h, 5);
+    let holes: Vec<bool> = (0..w * h)
+        .map(|p| (p % w) < 15 && (p / w) % 7 < 4)
+        .collect();
+    let mask = HoleMask::from_bools(w, h, holes.clone());
+    let mirrored_mask = HoleMask::from_bools(
+        w,
+        h,
+        (0..w * h)
+            .map(|p| holes[(p / w * w + (w - 1 - p % w)) as usize])
+            .collect(),
+    );
+    let model = {
+        tch::manual_seed(9);
+        let config = PConvUNetConfig {
+            layer_size: 4,
+            width: 4,
+            ..Default::default()
+        };
+        Model::new(ModelMeta::new(config), Device::Cpu).unwrap()
+    };
+    let max_diff = |a: &RgbImage, b: &RgbImage| {
+        a.as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap()
+    };
+    for (mirror, equivariant) in [(true, true), (false, false)] {
+        let a = model
+            .fill_native_with(&[&img], &[&mask], mirror)
+            .unwrap()
+            .remove(0);
+        let b = model
+            .fill_native_with(&[&mirrored(&img)], &[&mirrored_mask], mirror)
+            .unwrap()
+            .remove(0);
+        let diff = max_diff(&mirrored(&a), &b);
+        assert_eq!(diff <= 1, equivariant, "mirror {mirror}: differs by {diff}");
+    }
+}
+
+#[test]
+fn the_telea_blend_owns_the_edge_and_paste_is_the_raw_fill() {
+    use partialconv::Blend;
+    let (w, h) = (48, 40);
+    let img = image_from(w, h, 8);
+    let mask = rect_mask(w, h, (10, 8, 38, 30));
+    let input = DynamicImage::ImageRgb8(img.clone());
+
+    let raw = inpainter()
+        .fill_native(&[&img], &[&mask])
+        .unwrap()
+        .remove(0);
+    let pasted = partialconv::inpainter::composite(&img, &raw, &mask);
+    let telea = partialconv::telea::inpaint_telea(&img, &mask.to_gray(), 4.0);
+    let blended = inpainter()
+        .predict(&input, &mask, Fill::Original)
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(inpainter().blend(), Blend::Telea);
+    assert_eq!(blended, inpainter().merge(&img, &raw, &mask));
+    // The hole's first column is Telea's; its centre, 10 px from any edge, the network's.
+    assert_eq!(blended.get_pixel(10, 20), telea.get_pixel(10, 20));
+    assert_eq!(blended.get_pixel(24, 19), pasted.get_pixel(24, 19));
+    assert_ne!(blended, pasted);
+
+    let paste = Inpainter::new(
+        Model::new(
+            ModelMeta::new(PConvUNetConfig {
+                layer_size: 4,
+                width: 4,
+                ..Default::default()
+            }),
+            Device::Cpu,
+        )
+        .unwrap(),
+    )
+    .with_blend(Blend::Paste);
+    let raw = paste.fill_native(&[&img], &[&mask]).unwrap().remove(0);
+    assert_eq!(
+        paste
+            .predict(&input, &mask, Fill::Original)
+            .unwrap()
+            .to_rgb8(),
+        partialconv::inpainter::composite(&img, &raw, &mask)
+    );
+}
+
 #[test]
 fn auto_is_a_pure_function_of_size_holes_and_model() {
     use partialconv::inpainter::choose;

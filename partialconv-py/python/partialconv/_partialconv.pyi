@@ -33,15 +33,28 @@ class Inpainter:
     while it computes."""
 
     @staticmethod
-    def load(path: _StrPath | None = None, device: _Device = "cpu") -> Inpainter:
+    def load(
+        path: _StrPath | None = None,
+        device: _Device = "cpu",
+        blend: Literal["telea", "paste"] = "telea",
+        mirror: bool = False,
+    ) -> Inpainter:
         """Loads the safetensors model at `path`, else `$PARTIALCONV_MODEL`, else the model
         bundled into the build.
+
+        `blend="telea"` takes the first pixels of each hole from Telea's fast marching,
+        fading into the network's fill 6 px in; `"paste"` uses the network's fill alone.
+        `mirror=True` averages each fill with the one for the mirrored image (slightly
+        better, twice the time).
 
         Raises FileNotFoundError (no such file), ValueError (not a model, bad device) or
         RuntimeError (no model bundled and none given)."""
     @property
     def device(self) -> str:
         """`"cpu"` or `"cuda:N"`."""
+    @property
+    def blend(self) -> str:
+        """`"telea"` or `"paste"`."""
     def predict(
         self,
         image: _ImageLike,
