@@ -6,4 +6,5 @@ mod benchmarks;
 criterion_main! {
     benchmarks::unet::benches,
     benchmarks::masks::benches,
+    benchmarks::blend::benches,
 }

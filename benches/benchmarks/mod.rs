@@ -1,2 +1,3 @@
+pub mod blend;
 pub mod masks;
 pub mod unet;

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import partialconv
+
 from conftest import make_holes, make_photo, run_cli
 
 # (height, width, hole boxes): odd sizes exercise padding; one small hole in a larger image
