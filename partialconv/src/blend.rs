@@ -18,12 +18,17 @@ use image::RgbImage;
 use crate::error::{Error, Result};
 use crate::eval::TELEA_RADIUS;
 use crate::masks::HoleMask;
-use crate::telea::inpaint_telea;
+use crate::telea::inpaint_telea_within;
 
 /// Where Telea's share of the fill reaches zero, in pixels from the nearest known pixel.
 /// Chosen on stroke masks over the first 12 validation photos (4, 6, 8, 12 and 16 were
 /// tried; 6 and 8 tied).
 pub const FEATHER_PX: f32 = 6.0;
+
+/// Where the Telea march may stop: its arrival time approximates the Euclidean distance
+/// into the hole from above, by well under 2× on a grid, so twice the feather's reach covers
+/// every pixel the blend reads (`telea_within_the_march_limit_is_the_full_telea`).
+const TELEA_MAX_TIME: f32 = 2.0 * (1.0 + FEATHER_PX);
 
 /// How the fill meets the photo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,7 +72,7 @@ pub fn telea_weight(distance: f32) -> f32 {
 /// `original` outside the hole; inside, Telea's fill of `original` feathered into `filled`
 /// by [`telea_weight`].
 pub fn telea_blend(original: &RgbImage, filled: &RgbImage, mask: &HoleMask) -> RgbImage {
-    let telea = inpaint_telea(original, &mask.to_gray(), TELEA_RADIUS);
+    let telea = inpaint_telea_within(original, &mask.to_gray(), TELEA_RADIUS, TELEA_MAX_TIME);
     let distance = mask.distance_to_known();
     let mut out = original.clone();
     for (i, ((o, f), t)) in out
@@ -89,6 +94,7 @@ pub fn telea_blend(original: &RgbImage, filled: &RgbImage, mask: &HoleMask) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telea::inpaint_telea;
 
     #[test]
     fn telea_owns_the_edge_and_the_network_the_inside() {
@@ -118,6 +124,34 @@ mod tests {
         for c in 0..3 {
             let mid = (t[c] as f32 + n[c] as f32) / 2.0;
             assert!((o[c] as f32 - mid).abs() <= 1.0, "{o:?} vs {t:?} and {n:?}");
+        }
+    }
+
+    #[test]
+    fn telea_within_the_march_limit_is_the_full_telea() {
+        use crate::masks::{HoleGenerator, RATIO_BUCKETS};
+        let (w, h) = (160u32, 120u32);
+        let photo = RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 7 + y) as u8, ((x * y) % 251) as u8, (y * 13) as u8])
+        });
+        for (seed, &bucket) in RATIO_BUCKETS.iter().enumerate() {
+            let mask = HoleGenerator::default().generate(w, h, bucket, seed as u64);
+            let gray = mask.to_gray();
+            let full = inpaint_telea(&photo, &gray, TELEA_RADIUS);
+            let within = inpaint_telea_within(&photo, &gray, TELEA_RADIUS, TELEA_MAX_TIME);
+            let distance = mask.distance_to_known();
+            let mut used = 0;
+            for (i, (a, b)) in full.pixels().zip(within.pixels()).enumerate() {
+                if telea_weight(distance[i]) > 0.0 && mask.as_slice()[i] {
+                    assert_eq!(a, b, "seed {seed}, pixel {i} at distance {}", distance[i]);
+                    used += 1;
+                }
+            }
+            assert!(used > 100);
+            // Large holes do have pixels the limited march never reaches.
+            if bucket.0 >= 0.3 {
+                assert_ne!(full, within);
+            }
         }
     }
 
