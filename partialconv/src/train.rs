@@ -360,11 +360,33 @@ pub struct FineTuner {
     skipped: usize,
     step: u64,
     history: Vec<(u64, f64, Option<f64>)>,
-    /// Step and elapsed time after the warm-up, for the time budget.
+    /// Step and elapsed time at the time budget's last pace check.
     warmup: Option<(u64, Duration)>,
+    /// The run's own `(steps, stage2_at)`, the most a time budget may plan for.
+    requested: (u64, u64),
 }
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
+
+/// `(steps, stage2_at)` for a run at `step` that takes `per_step` seconds a step and has
+/// `left` of its time budget: 95 % of what is left (validation and checkpoints take time
+/// too), never beyond the run's `requested` plan. Stage 2 keeps its share of the run until it
+/// has begun, and is not moved after.
+pub fn plan_for_budget(
+    step: u64,
+    per_step: f64,
+    left: Duration,
+    (requested_steps, requested_stage2): (u64, u64),
+    stage2_at: u64,
+) -> (u64, u64) {
+    let fits = step + (0.95 * left.as_secs_f64() / per_step.max(1e-9)) as u64;
+    let steps = fits.clamp(step + 1, requested_steps.max(step + 1));
+    if step >= stage2_at {
+        return (steps, stage2_at);
+    }
+    let share = requested_stage2 as f64 / requested_steps.max(1) as f64;
+    (steps, ((share * steps as f64) as u64).min(requested_stage2))
+}
 
 impl FineTuner {
     /// Loads the data and the model, resuming from `run_dir/checkpoint.safetensors` if it
@@ -440,6 +462,7 @@ impl FineTuner {
             vgg,
         };
         let skipped = train.skipped + val.skipped;
+        let requested = (cfg.steps, cfg.stage2_at);
         let val = val
             .images
             .iter()
@@ -457,6 +480,7 @@ impl FineTuner {
             step,
             history: Vec::new(),
             warmup: None,
+            requested,
         })
     }
 
@@ -594,35 +618,34 @@ impl FineTuner {
         })
     }
 
-    /// Cuts the step count to what fits in `budget`, from the pace measured after a 10-step
-    /// warm-up (cuDNN autotuning and first allocations are slow), re-estimated every 100
-    /// steps. Stage 2 keeps its share of the run.
+    /// Fits the step count to `budget` from the pace after a 10-step warm-up (cuDNN
+    /// autotuning and first allocations are slow), re-planned every 100 steps on the pace of
+    /// the last 100, so a slow stretch (a build sharing the CPU) shortens the run only while
+    /// it lasts. See [`plan_for_budget`].
     fn fit_to_budget(&mut self, budget: Duration, elapsed: Duration, first_step: u64) {
         let done = self.step - first_step;
-        if done == 10 {
-            self.warmup = Some((self.step, elapsed));
-        }
         if elapsed >= budget {
             self.cfg.steps = self.step; // out of time: finish here; the model is saved after
             return;
         }
-        let Some((warm_step, warm_time)) = self.warmup else {
+        if done == 10 {
+            self.warmup = Some((self.step, elapsed));
+        }
+        let Some((since_step, since_time)) = self.warmup else {
             return;
         };
         if !done.is_multiple_of(100) {
             return;
         }
-        let per_step = (elapsed - warm_time).as_secs_f64() / (self.step - warm_step) as f64;
-        // Validation and checkpoints take time too: plan for 95% of what is left.
-        let fits = self.step + (0.95 * (budget - elapsed).as_secs_f64() / per_step) as u64;
-        if fits < self.cfg.steps {
-            let stage2_fraction = self.cfg.stage2_at as f64 / self.cfg.steps as f64;
-            self.cfg.steps = fits.max(self.step + 1);
-            self.cfg.stage2_at = self
-                .cfg
-                .stage2_at
-                .min((stage2_fraction * fits as f64) as u64);
-        }
+        let per_step = (elapsed - since_time).as_secs_f64() / (self.step - since_step) as f64;
+        self.warmup = Some((self.step, elapsed));
+        (self.cfg.steps, self.cfg.stage2_at) = plan_for_budget(
+            self.step,
+            per_step,
+            budget - elapsed,
+            self.requested,
+            self.cfg.stage2_at,
+        );
     }
 
     /// Validation metrics per bucket, and a sample grid PNG in the run folder.

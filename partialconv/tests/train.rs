@@ -228,3 +228,27 @@ fn a_run_cut_by_its_time_budget_validates_its_last_step() {
     let val = summary.last_val.expect("the last step is validated");
     assert_eq!(val.step, summary.steps);
 }
+
+#[test]
+fn a_time_budget_plan_shrinks_and_grows_back_with_the_pace_but_never_past_the_request() {
+    use partialconv::train::plan_for_budget;
+    use std::time::Duration;
+    let requested = (2000, 1500);
+    // A slow stretch (3 s a step, 1000 s left) at step 100: 100 + 0.95·1000/3 steps.
+    let (steps, stage2) = plan_for_budget(100, 3.0, Duration::from_secs(1000), requested, 1500);
+    assert_eq!(steps, 416);
+    assert_eq!(stage2, 312, "stage 2 keeps its three quarters");
+    // The pace recovers (1 s a step, 900 s left): the plan grows again.
+    let (steps, stage2) = plan_for_budget(200, 1.0, Duration::from_secs(900), requested, stage2);
+    assert_eq!((steps, stage2), (1055, 791));
+    // Faster than the request needs: the request caps it.
+    assert_eq!(
+        plan_for_budget(300, 0.01, Duration::from_secs(900), requested, stage2),
+        requested
+    );
+    // Once stage 2 has begun it is not moved, and at least one more step is planned.
+    assert_eq!(
+        plan_for_budget(900, 50.0, Duration::from_secs(10), requested, 791),
+        (901, 791)
+    );
+}
