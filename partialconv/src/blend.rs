@@ -46,7 +46,7 @@ impl FromStr for Blend {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "telea" => Ok(Blend::Telea),
-            "paste" | "none" => Ok(Blend::Paste),
+            "paste" => Ok(Blend::Paste),
             _ => Err(Error::InvalidArgument(format!(
                 "unknown blend `{s}`: expected telea or paste"
             ))),

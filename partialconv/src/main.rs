@@ -20,7 +20,6 @@ struct Cli {
     command: Command,
 }
 
-// Parsed once per process; boxing the big variant would buy nothing.
 /// How the network's fill is made and merged, shared by predict, batch and eval.
 #[derive(Args, Clone, Copy)]
 struct FillArgs {
@@ -41,6 +40,7 @@ impl FillArgs {
     }
 }
 
+// Parsed once per process; boxing the big variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
@@ -289,7 +289,8 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
             &masks,
             &output,
             model.as_deref(),
-            (strategy, fill),
+            strategy,
+            fill,
             &device,
         ),
         Command::Import {
@@ -394,7 +395,8 @@ fn batch(
     masks: &Path,
     output: &Path,
     model: Option<&Path>,
-    (strategy, fill): (Strategy, FillArgs),
+    strategy: Strategy,
+    fill: FillArgs,
     device: &str,
 ) -> partialconv::Result<ExitCode> {
     let inpainter = fill.apply(Inpainter::load(model, parse_device(device)?)?);

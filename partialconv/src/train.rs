@@ -361,7 +361,7 @@ pub struct FineTuner {
     step: u64,
     history: Vec<(u64, f64, Option<f64>)>,
     /// Step and elapsed time at the time budget's last pace check.
-    warmup: Option<(u64, Duration)>,
+    pace_mark: Option<(u64, Duration)>,
     /// The run's own `(steps, stage2_at)`, the most a time budget may plan for.
     requested: (u64, u64),
 }
@@ -479,7 +479,7 @@ impl FineTuner {
             skipped,
             step,
             history: Vec::new(),
-            warmup: None,
+            pace_mark: None,
             requested,
         })
     }
@@ -629,16 +629,16 @@ impl FineTuner {
             return;
         }
         if done == 10 {
-            self.warmup = Some((self.step, elapsed));
+            self.pace_mark = Some((self.step, elapsed));
         }
-        let Some((since_step, since_time)) = self.warmup else {
+        let Some((since_step, since_time)) = self.pace_mark else {
             return;
         };
         if !done.is_multiple_of(100) {
             return;
         }
         let per_step = (elapsed - since_time).as_secs_f64() / (self.step - since_step) as f64;
-        self.warmup = Some((self.step, elapsed));
+        self.pace_mark = Some((self.step, elapsed));
         (self.cfg.steps, self.cfg.stage2_at) = plan_for_budget(
             self.step,
             per_step,

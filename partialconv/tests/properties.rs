@@ -107,6 +107,15 @@ fn batch_matches_single_predictions() {
     }
 }
 
+fn tiny_model() -> Model {
+    let config = PConvUNetConfig {
+        layer_size: 4,
+        width: 4,
+        ..Default::default()
+    };
+    Model::new(ModelMeta::new(config), Device::Cpu).unwrap()
+}
+
 fn mirrored(img: &RgbImage) -> RgbImage {
     image::imageops::flip_horizontal(img)
 }
@@ -128,15 +137,7 @@ fn the_mirror_ensemble_is_mirror_equivariant_and_the_single_pass_is_not() {
             .map(|p| holes[(p / w * w + (w - 1 - p % w)) as usize])
             .collect(),
     );
-    let model = {
-        tch::manual_seed(9);
-        let config = PConvUNetConfig {
-            layer_size: 4,
-            width: 4,
-            ..Default::default()
-        };
-        Model::new(ModelMeta::new(config), Device::Cpu).unwrap()
-    };
+    let model = tiny_model();
     let max_diff = |a: &RgbImage, b: &RgbImage| {
         a.as_raw()
             .iter()
@@ -184,18 +185,7 @@ fn the_telea_blend_owns_the_edge_and_paste_is_the_raw_fill() {
     assert_eq!(blended.get_pixel(24, 19), pasted.get_pixel(24, 19));
     assert_ne!(blended, pasted);
 
-    let paste = Inpainter::new(
-        Model::new(
-            ModelMeta::new(PConvUNetConfig {
-                layer_size: 4,
-                width: 4,
-                ..Default::default()
-            }),
-            Device::Cpu,
-        )
-        .unwrap(),
-    )
-    .with_blend(Blend::Paste);
+    let paste = Inpainter::new(tiny_model()).with_blend(Blend::Paste);
     let raw = paste.fill_native(&[&img], &[&mask]).unwrap().remove(0);
     assert_eq!(
         paste
