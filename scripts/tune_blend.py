@@ -23,15 +23,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from boundary_errors import crop512
+
 RATIOS = [0.05, 0.15, 0.25, 0.35, 0.45]
-
-
-def crop512(path):
-    img = Image.open(path).convert("RGB")
-    s = 512 / min(img.size)
-    img = img.resize((round(img.width * s), round(img.height * s)), Image.BICUBIC)
-    left, top = (img.width - 512) // 2, (img.height - 512) // 2
-    return img.crop((left, top, left + 512, top + 512))
 
 
 def strokes(rng, ratio):
