@@ -58,6 +58,7 @@ fixtures: setup
 	@mkdir -p $(REF)
 	$(PY) tests/reference/make_checkpoints.py $(REF)
 	$(PY) tests/reference/make_vgg_fixture.py $(REF)
+	$(PY) tests/reference/make_loss_fixture.py $(REF)
 	$(PY) tests/reference/make_pth_fixtures.py $(REF)/pth
 
 export PARTIALCONV_REFERENCE_DIR := $(REF)

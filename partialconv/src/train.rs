@@ -59,6 +59,9 @@ pub struct TrainConfig {
     pub vgg: Option<PathBuf>,
     pub loss: LossWeights,
     pub checkpoint_every: u64,
+    /// Save the model to `run_dir/snapshots/step-NNNNNNN.safetensors` every N steps, for
+    /// stochastic weight averaging ([`crate::average`]).
+    pub snapshot_every: Option<u64>,
     pub val_every: u64,
     /// Validation crops are `val_size²`, one mask per bucket per photo.
     pub val_size: u32,
@@ -105,6 +108,7 @@ impl TrainConfig {
             vgg: None,
             loss: LossWeights::default(),
             checkpoint_every: 500,
+            snapshot_every: None,
             val_every: 500,
             val_size: 512,
             max_val_images: 24,
@@ -583,6 +587,11 @@ impl FineTuner {
             if stop || self.step.is_multiple_of(self.cfg.checkpoint_every) {
                 self.save_checkpoint()?;
             }
+            if let Some(n) = self.cfg.snapshot_every {
+                if self.step.is_multiple_of(n) {
+                    self.save_snapshot()?;
+                }
+            }
             if val.is_some() {
                 self.write_plot()?;
             }
@@ -598,7 +607,8 @@ impl FineTuner {
             "photo_side": self.cfg.photo_side,
             "train_images": self.train.len(),
             "base": self.cfg.base.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy()),
-            "loss": {"valid": self.cfg.loss.valid, "hole": self.cfg.loss.hole, "tv": self.cfg.loss.tv,
+            "loss": {"valid": self.cfg.loss.valid, "hole": self.cfg.loss.hole,
+                     "hole_mse": self.cfg.loss.hole_mse, "tv": self.cfg.loss.tv,
                      "perceptual": if self.cfg.vgg.is_some() { self.cfg.loss.perceptual } else { 0.0 },
                      "style": if self.cfg.vgg.is_some() { self.cfg.loss.style } else { 0.0 }},
             "device": format!("{:?}", self.cfg.device),
@@ -700,6 +710,14 @@ impl FineTuner {
         self.history
             .push((p.step, p.loss, p.val.as_ref().map(ValReport::mean_psnr)));
         Ok(())
+    }
+
+    /// fp32, so that averages of many snapshots are not averages of rounded weights.
+    fn save_snapshot(&self) -> Result<()> {
+        let dir = self.cfg.run_dir.join("snapshots");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let path = dir.join(format!("step-{:07}.safetensors", self.step));
+        self.model.save(&path, Storage::F32)
     }
 
     fn write_plot(&self) -> Result<()> {

@@ -346,3 +346,31 @@ fn auto_device_picks_cuda_only_where_present() {
         tch::Device::cuda_if_available()
     );
 }
+
+#[test]
+fn average_writes_a_loadable_model_and_needs_two() {
+    let f = Fixture::new();
+    let o = f.run(&[
+        "average",
+        "model.safetensors",
+        "model.safetensors",
+        "--out",
+        "avg.safetensors",
+        "--half",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let avg = Model::load(&f.path("avg.safetensors"), Device::Cpu).unwrap();
+    let model = Model::load(&f.path("model.safetensors"), Device::Cpu).unwrap();
+    assert_eq!(avg.meta.config, model.meta.config);
+    let o = f.run(&["average", "model.safetensors", "--out", "one.safetensors"]);
+    assert!(!o.status.success());
+    assert!(!f.path("one.safetensors").exists());
+    let o = f.run(&[
+        "average",
+        "model.safetensors",
+        "missing.safetensors",
+        "--out",
+        "x",
+    ]);
+    assert_bad_input(&o, &["missing.safetensors"]);
+}

@@ -252,3 +252,27 @@ fn a_time_budget_plan_shrinks_and_grows_back_with_the_pace_but_never_past_the_re
         (901, 791)
     );
 }
+
+#[test]
+fn snapshots_are_saved_every_n_steps_and_average() {
+    let tmp = setup();
+    let mut cfg = tiny_config(tmp.path(), 6);
+    cfg.snapshot_every = Some(3);
+    FineTuner::new(cfg)
+        .unwrap()
+        .run(|_| ControlFlow::Continue(()))
+        .unwrap();
+    let dir = tmp.path().join("model.safetensors.run/snapshots");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let stems: Vec<_> = names
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(stems, ["step-0000003", "step-0000006"]);
+    let avg = partialconv::average::average_files(&names, tch::Device::Cpu).unwrap();
+    assert_eq!(avg.meta.config.width, 8);
+}

@@ -17,7 +17,11 @@ pub fn reference_dir() -> &'static Path {
         std::fs::create_dir_all(&dir).unwrap();
         let python = std::env::var("PARTIALCONV_PYTHON")
             .unwrap_or_else(|_| root.join(".venv/bin/python").display().to_string());
-        for script in ["make_checkpoints.py", "make_vgg_fixture.py"] {
+        for script in [
+            "make_checkpoints.py",
+            "make_vgg_fixture.py",
+            "make_loss_fixture.py",
+        ] {
             let status = Command::new(&python)
                 .arg(root.join("tests/reference").join(script))
                 .arg(&dir)
