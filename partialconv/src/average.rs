@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use tch::{Device, Tensor};
+use tch::Device;
 
 use crate::checkpoint::Model;
 use crate::error::{Error, Result};
@@ -58,16 +58,13 @@ fn average_named(models: &[Model], name: impl Fn(usize) -> String) -> Result<Mod
     let n = models.len() as f64;
     tch::no_grad(|| -> Result<()> {
         for (var, mut target) in out.vs.variables() {
-            let mut sum: Option<Tensor> = None;
-            for vars in &members {
-                // Same config, so the same variables: a missing one would be a bug here.
-                let v = vars[&var].to_device(target.device());
-                sum = Some(match sum {
-                    Some(s) => s + v,
-                    None => v,
-                });
-            }
-            target.f_copy_(&(sum.expect("at least one member") / n))?;
+            // Same config, so the same variables: a missing one would be a bug here.
+            let sum = members
+                .iter()
+                .map(|vars| vars[&var].to_device(target.device()))
+                .reduce(|a, b| a + b)
+                .expect("at least one member");
+            target.f_copy_(&(sum / n))?;
         }
         Ok(())
     })?;

@@ -522,8 +522,8 @@ fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
     cfg.loss.style = a.style_weight;
     cfg.loss.perceptual = a.perceptual_weight;
     cfg.loss.hole = a.hole_weight;
-    cfg.snapshot_every = a.snapshot_every.filter(|&n| n > 0);
     cfg.loss.hole_mse = a.hole_mse_weight;
+    cfg.snapshot_every = a.snapshot_every.filter(|&n| n > 0);
     install_ctrlc_handler();
     let mut tuner = FineTuner::new(cfg.clone())?;
     if tuner.skipped_images() > 0 {

@@ -73,7 +73,11 @@ fn squared_error_term_is_off_by_default_and_pulls_toward_the_mean() {
     // L1 part alone, which the squared part must account for exactly.
     let hole = (&f["output"] - &f["gt"]) * (f["valid"].ones_like() - &f["valid"]);
     let mse = hole.square().mean(tch::Kind::Float).double_value(&[]);
-    assert_close("hole without MSE", t.hole + 3.0 * mse, &f["expected_hole"]);
+    assert_close(
+        "hole without MSE",
+        t.hole + weights().hole_mse * mse,
+        &f["expected_hole"],
+    );
 
     // Gradient of the squared term alone on a hole pixel is proportional to the error, so a
     // pixel twice as far off is pushed twice as hard, unlike L1's constant push.

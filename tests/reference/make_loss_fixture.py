@@ -13,11 +13,10 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_vgg_fixture import BGR_MEAN, LAYERS, weights_file  # noqa: E402
+from make_vgg_fixture import vgg_pools, weights_file  # noqa: E402
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
@@ -25,16 +24,8 @@ FEATURE_SCALE = 220.0
 WEIGHTS = {"valid": 1.0, "hole": 6.0, "hole_mse": 3.0, "tv": 0.1, "perceptual": 0.05, "style": 120.0}
 
 
-def vgg_pools(state, rgb):
-    x = rgb.flip(1) * 255.0 - torch.tensor(BGR_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
-    pools = []
-    for name, then_pool in LAYERS:
-        w = state[name + "_W_table"].double()[state[name + "_W_q"].long()]
-        x = F.relu(F.conv2d(x, w, state[name + "_b"].double(), padding=1))
-        if then_pool:
-            x = F.max_pool2d(x, 2, 2)
-            pools.append(x / FEATURE_SCALE)
-    return pools
+def features(state, rgb):
+    return [p / FEATURE_SCALE for p in vgg_pools(state, rgb)]
 
 
 def gram(f):
@@ -55,7 +46,7 @@ def loss_terms(state, valid, output, gt):
     }
     mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)
     std = torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
-    f_out, f_comp, f_gt = (vgg_pools(state, x * std + mean) for x in (output, comp, gt))
+    f_out, f_comp, f_gt = (features(state, x * std + mean) for x in (output, comp, gt))
     perceptual = sum((o - g).abs().mean() + (c - g).abs().mean() for o, c, g in zip(f_out, f_comp, f_gt))
     style = sum((gram(o) - gram(g)).abs().mean() + (gram(c) - gram(g)).abs().mean()
                 for o, c, g in zip(f_out, f_comp, f_gt))

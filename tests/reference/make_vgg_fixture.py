@@ -41,15 +41,10 @@ def weights_file():
     return path
 
 
-def main(outdir):
-    os.makedirs(outdir, exist_ok=True)
-    path = weights_file()
-    state = torch.load(path, weights_only=True)
-    torch.manual_seed(0)
-    rgb = torch.rand(2, 3, 48, 40, dtype=torch.float64)
+def vgg_pools(state, rgb):
+    """Raw pool1-pool3 features (float64) of RGB images in [0, 1], Caffe convention."""
     x = rgb.flip(1) * 255.0 - torch.tensor(BGR_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
-    out = {"rgb": rgb.float()}
-    pool = 0
+    pools = []
     for name, then_pool in LAYERS:
         codes = state[name + "_W_q"].long()
         w = state[name + "_W_table"].double()[codes]
@@ -57,8 +52,19 @@ def main(outdir):
         x = F.relu(F.conv2d(x, w, b, padding=1))
         if then_pool:
             x = F.max_pool2d(x, 2, 2)
-            pool += 1
-            out[f"pool{pool}"] = x.float()
+            pools.append(x)
+    return pools
+
+
+def main(outdir):
+    os.makedirs(outdir, exist_ok=True)
+    path = weights_file()
+    state = torch.load(path, weights_only=True)
+    torch.manual_seed(0)
+    rgb = torch.rand(2, 3, 48, 40, dtype=torch.float64)
+    out = {"rgb": rgb.float()}
+    for i, pool in enumerate(vgg_pools(state, rgb), 1):
+        out[f"pool{i}"] = pool.float()
     save_file(out, os.path.join(outdir, "vgg_expected.safetensors"))
     link = os.path.join(outdir, "vgg19_q.bin")
     if os.path.lexists(link):
