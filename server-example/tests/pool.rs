@@ -22,7 +22,7 @@ fn pair(w: u32, h: u32) -> (Vec<u8>, Vec<u8>) {
 async fn overload_gets_503_with_retry_after_and_loses_nothing() {
     let s = start(&["--workers", "1", "--queue", "3", "--batch-window-ms", "300"]).await;
     const N: u32 = 16;
-    // All different shapes, so no two jobs batch: 1 running + 3 queued is all that fits.
+    // All different shapes, so no two jobs batch: at most 1 running + 3 queued fit.
     let results = futures::future::join_all((0..N).map(|i| {
         let (img, mask) = pair(48 + i, 40);
         let client = s.client.clone();
@@ -52,7 +52,9 @@ async fn overload_gets_503_with_retry_after_and_loses_nothing() {
     let busy = results.iter().filter(|&&s| s == 503).count();
     assert_eq!(ok + busy, N as usize, "every request got an answer");
     assert!(busy >= 1, "nothing was refused: {results:?}");
-    assert!((4..N as usize).contains(&ok), "{ok} succeeded");
+    // The queue's 3 always fit; a 4th does when the worker took one off the queue before the
+    // rest arrived, which depends on scheduling.
+    assert!((3..N as usize).contains(&ok), "{ok} succeeded");
 
     let m = s.metrics().await;
     assert_eq!(metric(&m, "inference_rejected_total"), busy as f64, "{m}");
