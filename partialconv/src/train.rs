@@ -431,7 +431,8 @@ impl FineTuner {
         let vgg = match &cfg.vgg {
             Some(p) => Some(Vgg19Features::load(p, cfg.device)?),
             None => {
-                eprintln!("warning: no VGG feature file given; training with L1 + TV only (no perceptual/style loss)");
+                // The pixel terms (L1 or squared error, TV) still train; only the VGG terms drop out.
+                eprintln!("warning: no VGG feature file given; training without the perceptual and style terms");
                 None
             }
         };
