@@ -39,7 +39,8 @@ impl FineTuner {
         layer_size = None, lr = None, lr_stage2 = None, stage2_at = None, vgg = None,
         checkpoint_every = None, val_every = None, val_size = None, max_val_images = None,
         seed = None, device = None, half = false, loader_threads = None, max_minutes = None,
-        style_weight = None, perceptual_weight = None,
+        style_weight = None, perceptual_weight = None, hole_weight = None,
+        hole_mse_weight = None, snapshot_every = None, bf16 = false,
     ))]
     // One keyword per CLI flag, so that the two stay easy to compare.
     #[allow(clippy::too_many_arguments)]
@@ -72,6 +73,10 @@ impl FineTuner {
         max_minutes: Option<f64>,
         style_weight: Option<f64>,
         perceptual_weight: Option<f64>,
+        hole_weight: Option<f64>,
+        hole_mse_weight: Option<f64>,
+        snapshot_every: Option<u64>,
+        bf16: bool,
     ) -> PyResult<Self> {
         let mut cfg = TrainConfig::new(data, out);
         cfg.val_data = val_data;
@@ -111,6 +116,10 @@ impl FineTuner {
         cfg.time_budget = max_minutes.map(|m| Duration::from_secs_f64(m * 60.0));
         set(&mut cfg.loss.style, style_weight);
         set(&mut cfg.loss.perceptual, perceptual_weight);
+        set(&mut cfg.loss.hole, hole_weight);
+        set(&mut cfg.loss.hole_mse, hole_mse_weight);
+        cfg.snapshot_every = snapshot_every.filter(|&n| n > 0);
+        cfg.bf16 = bf16;
         let (out, run_dir) = (cfg.out.clone(), cfg.run_dir.clone());
         let tuner = py.detach(|| train::FineTuner::new(cfg)).map_err(py_err)?;
         Ok(Self {

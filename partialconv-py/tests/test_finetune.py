@@ -104,3 +104,22 @@ def test_import_checkpoint_matches_cli(cli, tmp_path):
     img = make_photo(32, 32, 3)
     out = inpainter.predict(img, make_holes(32, 32, [(4, 20, 4, 20)]))
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+
+
+def test_loss_weights_snapshots_and_bf16_reach_the_trainer(photos, tmp_path):
+    seen = []
+    no_hole = partialconv.FineTuner(
+        photos, tmp_path / "a.safetensors", steps=2, hole_weight=0, hole_mse_weight=0, **TINY
+    )
+    no_hole.run(seen.append)
+    assert all(p.terms["hole"] == 0 and p.terms["valid"] > 0 for p in seen)
+    seen.clear()
+    out = tmp_path / "b.safetensors"
+    tuner = partialconv.FineTuner(
+        photos, out, steps=2, hole_weight=0, hole_mse_weight=12, snapshot_every=1, bf16=True, **TINY
+    )
+    tuner.run(seen.append)
+    assert all(p.terms["hole"] > 0 and math.isfinite(p.loss) for p in seen)
+    snapshots = sorted(p.name for p in (tuner.run_dir / "snapshots").iterdir())
+    assert snapshots == ["step-0000001.safetensors", "step-0000002.safetensors"]
+    assert partialconv.Inpainter.load(out) is not None

@@ -8,7 +8,7 @@
 use std::borrow::Borrow;
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
 /// How a window's response is rescaled by its count of valid inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -313,13 +313,39 @@ impl PartialConv2d {
     /// [`forward`](Self::forward) for an input that is already `x ⊙ M`, e.g. when the caller
     /// masked the parts of a concatenation before joining them.
     pub fn forward_masked(&self, x_masked: &Tensor, mask: &Mask) -> (Tensor, Mask) {
+        self.forward_masked_in(x_masked, mask, None)
+    }
+
+    /// [`forward_masked`](Self::forward_masked) with the convolution's products computed in
+    /// `compute` (bf16 for mixed-precision training). Only the convolution is cast: the
+    /// weight stays in its own kind, so the optimizer updates full-precision values, and the
+    /// mask arithmetic, batch norm and loss that follow run in the input's kind.
+    pub fn forward_masked_in(
+        &self,
+        x_masked: &Tensor,
+        mask: &Mask,
+        compute: Option<Kind>,
+    ) -> (Tensor, Mask) {
         let (s, p) = (self.config.stride, self.config.padding);
         debug_assert_eq!(
             mask.channels(),
             self.in_channels,
             "mask channels must match the input"
         );
-        let raw = x_masked.conv2d(&self.weight, None::<Tensor>, [s, s], [p, p], [1, 1], 1);
+        let raw = match compute.filter(|&k| k != x_masked.kind()) {
+            Some(k) => x_masked
+                .to_kind(k)
+                .conv2d(
+                    &self.weight.to_kind(k),
+                    None::<Tensor>,
+                    [s, s],
+                    [p, p],
+                    [1, 1],
+                    1,
+                )
+                .to_kind(x_masked.kind()),
+            None => x_masked.conv2d(&self.weight, None::<Tensor>, [s, s], [p, p], [1, 1], 1),
+        };
         let window_sum = tch::no_grad(|| self.window_sum(mask));
         let bias = self.bias.as_ref().map(|b| b.view([1, -1, 1, 1]));
         let (out, update) = match self.config.convention {

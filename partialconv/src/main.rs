@@ -231,6 +231,10 @@ struct TrainArgs {
     /// Also save the model every N steps to RUN/snapshots/, for `partialconv average`.
     #[arg(long)]
     snapshot_every: Option<u64>,
+    /// Mixed precision: convolutions in bf16 during training steps (about 1.7× faster on
+    /// CPUs with AVX512-BF16 and on GPUs); weights, optimizer and validation stay fp32.
+    #[arg(long)]
+    bf16: bool,
     /// Weight of the style term (the paper's 120).
     #[arg(long, default_value_t = 120.0)]
     style_weight: f64,
@@ -524,6 +528,7 @@ fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
     cfg.loss.hole = a.hole_weight;
     cfg.loss.hole_mse = a.hole_mse_weight;
     cfg.snapshot_every = a.snapshot_every.filter(|&n| n > 0);
+    cfg.bf16 = a.bf16;
     install_ctrlc_handler();
     let mut tuner = FineTuner::new(cfg.clone())?;
     if tuner.skipped_images() > 0 {

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::layer::{
     channels_last, partial_conv2d, Convention, Mask, PartialConv2d, PartialConvConfig,
@@ -298,8 +298,14 @@ impl PConvBlock {
 
     /// `bn_train`: whether batch norm uses (and updates) batch statistics.
     /// `x_masked` is the block's input already multiplied by `mask`.
-    fn forward(&self, x_masked: &Tensor, mask: &Mask, bn_train: bool) -> (Tensor, Mask) {
-        let (h, mask) = self.conv.forward_masked(x_masked, mask);
+    fn forward(
+        &self,
+        x_masked: &Tensor,
+        mask: &Mask,
+        bn_train: bool,
+        compute: Option<Kind>,
+    ) -> (Tensor, Mask) {
+        let (h, mask) = self.conv.forward_masked_in(x_masked, mask, compute);
         let h = match &self.bn {
             Some(bn) => bn.forward_t(&h, bn_train),
             None => h,
@@ -325,6 +331,10 @@ pub struct PConvUNet {
     /// Fine-tuning stage 2 (paper §4): encoder BN uses running statistics while its affine
     /// parameters keep training.
     pub freeze_enc_bn: bool,
+    /// Mixed precision: training passes (`train = true`) compute their convolutions in this
+    /// kind, e.g. bf16, about 1.7× faster on CPUs with AVX512-BF16 and on GPUs. Inference and
+    /// validation stay in full precision.
+    pub train_compute: Option<Kind>,
     channels_last: bool,
 }
 
@@ -386,6 +396,7 @@ impl PConvUNet {
             encoder,
             decoder,
             freeze_enc_bn: false,
+            train_compute: None,
             channels_last: false,
         };
         // oneDNN's CPU convolutions are fastest on NHWC (docs/benchmarks.md); CUDA keeps
@@ -443,12 +454,14 @@ impl PConvUNet {
         // Each skip is kept as `h ⊙ M`: the decoder needs only the masked values.
         let mut skips: Vec<(Tensor, Mask)> = Vec::with_capacity(self.config.layer_size + 1);
         let (mut h, mut m) = (mask.apply(&x), clone_mask(mask));
+        let compute = self.train_compute.filter(|_| train);
         // After `absorb_bn`, inference takes the fused path, whose outputs come masked.
         for block in &self.encoder {
             let (h_next, m_next) = match (!train).then(|| block.forward_fused(&h, &m)).flatten() {
                 Some(out) => out,
                 None => {
-                    let (h_next, m_next) = block.forward(&h, &m, train && !self.freeze_enc_bn);
+                    let (h_next, m_next) =
+                        block.forward(&h, &m, train && !self.freeze_enc_bn, compute);
                     (m_next.apply(&h_next), m_next)
                 }
             };
@@ -470,7 +483,7 @@ impl PConvUNet {
             // parts masked at their own (lower) resolution instead of masked after joining.
             let h_up = h.upsample_nearest2d([s[2] * 2, s[3] * 2], 2.0, 2.0);
             let h_cat = Tensor::cat(&[h_up, skip_h], 1);
-            let (h_next, m_next) = block.forward(&h_cat, &m_cat, train);
+            let (h_next, m_next) = block.forward(&h_cat, &m_cat, train, compute);
             // The last layer's output is the prediction, not masked.
             h = if i > 0 { m_next.apply(&h_next) } else { h_next };
             m = m_next;

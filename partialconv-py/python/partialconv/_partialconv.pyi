@@ -160,6 +160,10 @@ class FineTuner:
         max_minutes: float | None = None,
         style_weight: float | None = None,
         perceptual_weight: float | None = None,
+        hole_weight: float | None = None,
+        hole_mse_weight: float | None = None,
+        snapshot_every: int | None = None,
+        bf16: bool = False,
     ) -> FineTuner: ...
     @property
     def out(self) -> pathlib.Path:
