@@ -231,8 +231,8 @@ struct TrainArgs {
     /// Also save the model every N steps to RUN/snapshots/, for `partialconv average`.
     #[arg(long)]
     snapshot_every: Option<u64>,
-    /// Mixed precision: convolutions in bf16 during training steps (about 1.7× faster on
-    /// CPUs with AVX512-BF16 and on GPUs); weights, optimizer and validation stay fp32.
+    /// Mixed precision: convolutions in bf16 during training steps (1.2× faster on a CPU
+    /// with AVX512-BF16); weights, optimizer and validation stay fp32.
     #[arg(long)]
     bf16: bool,
     /// Weight of the style term (the paper's 120).
