@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use partialconv::bench::{conv_flops, sample_input};
+use partialconv::bench::{conv_flops, median, sample_input};
 use partialconv::layer::channels_last;
 use partialconv::{Mask, Model, ModelMeta, PConvUNetConfig};
 use tch::{Device, Kind, Tensor};
@@ -17,11 +17,6 @@ fn seconds(f: impl FnOnce() -> Tensor) -> f64 {
     let start = Instant::now();
     let _ = tch::no_grad(f);
     start.elapsed().as_secs_f64()
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn main() {

@@ -8,16 +8,11 @@
 
 use std::time::Instant;
 
-use partialconv::bench::sample_input;
+use partialconv::bench::{median, sample_input};
 use partialconv::loss::{InpaintingLoss, LossWeights};
 use partialconv::train::Adam;
 use partialconv::{Mask, Model, ModelMeta, Normalization, PConvUNetConfig};
 use tch::{Device, Kind};
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
 
 fn main() {
     let rounds: usize = std::env::args()

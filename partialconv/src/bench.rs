@@ -54,8 +54,13 @@ pub fn median_forward_ms(
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }
-    times.sort_by(|a, b| a.total_cmp(b));
-    Ok(times[times.len() / 2])
+    Ok(median(times))
+}
+
+/// The middle value (the upper one of an even count); the benches' summary of noisy times.
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }
 
 /// Floating-point operations (2 per multiply-add) of the network's feature convolutions on

@@ -332,19 +332,10 @@ impl PartialConv2d {
             self.in_channels,
             "mask channels must match the input"
         );
+        let conv = |x: &Tensor, w: &Tensor| x.conv2d(w, None::<Tensor>, [s, s], [p, p], [1, 1], 1);
         let raw = match compute.filter(|&k| k != x_masked.kind()) {
-            Some(k) => x_masked
-                .to_kind(k)
-                .conv2d(
-                    &self.weight.to_kind(k),
-                    None::<Tensor>,
-                    [s, s],
-                    [p, p],
-                    [1, 1],
-                    1,
-                )
-                .to_kind(x_masked.kind()),
-            None => x_masked.conv2d(&self.weight, None::<Tensor>, [s, s], [p, p], [1, 1], 1),
+            Some(k) => conv(&x_masked.to_kind(k), &self.weight.to_kind(k)).to_kind(x_masked.kind()),
+            None => conv(x_masked, &self.weight),
         };
         let window_sum = tch::no_grad(|| self.window_sum(mask));
         let bias = self.bias.as_ref().map(|b| b.view([1, -1, 1, 1]));

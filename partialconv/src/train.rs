@@ -437,9 +437,10 @@ impl FineTuner {
         let vgg = match &cfg.vgg {
             Some(p) => {
                 let vgg = Vgg19Features::load(p, cfg.device)?;
-                Some(match cfg.bf16 {
-                    true => vgg.with_compute_kind(Kind::BFloat16),
-                    false => vgg,
+                Some(if cfg.bf16 {
+                    vgg.with_compute_kind(Kind::BFloat16)
+                } else {
+                    vgg
                 })
             }
             None => {

