@@ -7,7 +7,7 @@ use numpy::PyArray3;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use partialconv::{Blend, Error, Strategy};
+use partialconv::{Blend, Error, SelfEnsemble, Strategy};
 
 use crate::convert::{device_name, image_to_array, DeviceArg, ImageArg, MaskArg, StrategyArg};
 use crate::py_err;
@@ -25,22 +25,23 @@ impl Inpainter {
     #[staticmethod]
     // The text signatures show Python's view of the defaults, not the Rust values.
     #[pyo3(
-        signature = (path = None, device = DeviceArg(tch::Device::Cpu), blend = "telea", mirror = false),
-        text_signature = "(path=None, device='cpu', blend='telea', mirror=False)"
+        signature = (path = None, device = DeviceArg(tch::Device::Cpu), blend = "telea", ensemble = "single"),
+        text_signature = "(path=None, device='cpu', blend='telea', ensemble='single')"
     )]
     fn load(
         py: Python<'_>,
         path: Option<PathBuf>,
         device: DeviceArg,
         blend: &str,
-        mirror: bool,
+        ensemble: &str,
     ) -> PyResult<Self> {
         let blend: Blend = blend.parse().map_err(py_err)?;
+        let ensemble: SelfEnsemble = ensemble.parse().map_err(py_err)?;
         let inner = py
             .detach(|| partialconv::Inpainter::load(path.as_deref(), device.0))
             .map_err(py_err)?
             .with_blend(blend)
-            .with_mirror_ensemble(mirror);
+            .with_ensemble(ensemble);
         Ok(Self { inner })
     }
 
@@ -48,6 +49,12 @@ impl Inpainter {
     #[getter]
     fn blend(&self) -> String {
         self.inner.blend().to_string()
+    }
+
+    /// Which flipped views each fill averages: `"single"`, `"mirror"` or `"flips"`.
+    #[getter]
+    fn ensemble(&self) -> String {
+        self.inner.ensemble().to_string()
     }
 
     /// The device the model runs on: `"cpu"` or `"cuda:N"`.

@@ -203,14 +203,14 @@ def test_inpainter_attributes(inpainter):
 
 
 @pytest.mark.parametrize("blend", ["telea", "paste"])
-@pytest.mark.parametrize("mirror", [False, True])
-def test_blend_and_mirror_bit_identical_to_cli(cli, tiny_model, tmp_path, blend, mirror):
+@pytest.mark.parametrize("ensemble", ["single", "mirror", "flips"])
+def test_blend_and_ensemble_bit_identical_to_cli(cli, tiny_model, tmp_path, blend, ensemble):
     h, w, boxes = 64, 80, [(8, 40, 10, 50)]
     img, holes = save_pair(tmp_path, h, w, boxes)
-    extra = ["--blend", blend] + (["--mirror"] if mirror else [])
+    extra = ["--blend", blend, "--ensemble", ensemble]
     expected = cli_predict(cli, tmp_path, tiny_model, "original", *extra)
-    inpainter = partialconv.Inpainter.load(tiny_model, blend=blend, mirror=mirror)
-    assert inpainter.blend == blend
+    inpainter = partialconv.Inpainter.load(tiny_model, blend=blend, ensemble=ensemble)
+    assert (inpainter.blend, inpainter.ensemble) == (blend, ensemble)
     np.testing.assert_array_equal(inpainter.predict(img, holes, strategy="original"), expected)
 
 
@@ -223,3 +223,5 @@ def test_blends_differ_and_unknown_blends_are_named(tiny_model):
     np.testing.assert_array_equal(telea[~holes], paste[~holes])
     with pytest.raises(ValueError, match="soft"):
         partialconv.Inpainter.load(tiny_model, blend="soft")
+    with pytest.raises(ValueError, match="dihedral"):
+        partialconv.Inpainter.load(tiny_model, ensemble="dihedral")

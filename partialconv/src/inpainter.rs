@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::blend::{telea_blend, Blend};
 use crate::checkpoint::{Model, Normalization};
+use crate::ensemble::SelfEnsemble;
 use crate::error::{Error, Result};
 use crate::layer::Mask;
 use crate::masks::{merge_overlapping, HoleMask, Rect};
@@ -171,7 +172,7 @@ pub fn load_model(path: Option<&Path>, device: Device) -> Result<Model> {
 pub struct Inpainter {
     model: Model,
     blend: Blend,
-    mirror_ensemble: bool,
+    ensemble: SelfEnsemble,
 }
 
 // SAFETY: `tch::Tensor` is not `Sync` because a tensor handle can be mutated through `&self`
@@ -189,15 +190,20 @@ impl Inpainter {
         Self {
             model,
             blend: Blend::default(),
-            mirror_ensemble: false,
+            ensemble: SelfEnsemble::default(),
         }
     }
 
-    /// Whether each fill averages the network's prediction with that for the mirrored image:
-    /// off unless set, since it doubles the forward time for about +0.05 dB (model card).
-    pub fn with_mirror_ensemble(mut self, on: bool) -> Self {
-        self.mirror_ensemble = on;
+    /// Which flipped views each fill averages ([`crate::ensemble`]): [`SelfEnsemble::Single`]
+    /// unless set, since each view is another forward pass (the model card weighs the dB
+    /// against the time).
+    pub fn with_ensemble(mut self, ensemble: SelfEnsemble) -> Self {
+        self.ensemble = ensemble;
         self
+    }
+
+    pub fn ensemble(&self) -> SelfEnsemble {
+        self.ensemble
     }
 
     /// How fills meet the photo; [`Blend::Telea`] unless set.
@@ -302,10 +308,9 @@ impl Inpainter {
     }
 
     /// The network's raw prediction for same-size images at native resolution (no composite),
-    /// mirror-ensembled where [`Inpainter::with_mirror_ensemble`] turned that on.
+    /// averaged over the views of [`Inpainter::with_ensemble`].
     pub fn fill_native(&self, images: &[&RgbImage], masks: &[&HoleMask]) -> Result<Vec<RgbImage>> {
-        self.model
-            .fill_native_with(images, masks, self.mirror_ensemble)
+        self.model.fill_native_with(images, masks, self.ensemble)
     }
 
     /// The photo with `filled`'s hole pixels, by this inpainter's [`Blend`].
@@ -465,17 +470,16 @@ pub fn pad_to_multiple(x: &Tensor, multiple: i64) -> Tensor {
 impl Model {
     /// The network's raw prediction for same-size images at native resolution (no composite).
     pub fn fill_native(&self, images: &[&RgbImage], masks: &[&HoleMask]) -> Result<Vec<RgbImage>> {
-        self.fill_native_with(images, masks, false)
+        self.fill_native_with(images, masks, SelfEnsemble::Single)
     }
 
-    /// [`Model::fill_native`], optionally averaged with the prediction for the mirrored
-    /// image (a two-member self-ensemble, as in Lim et al.'s EDSR+): the network is trained
-    /// on mirrored crops, so both are equally good guesses and their errors partly cancel.
+    /// [`Model::fill_native`] averaged over the flipped views of `ensemble`
+    /// ([`crate::ensemble`]).
     pub fn fill_native_with(
         &self,
         images: &[&RgbImage],
         masks: &[&HoleMask],
-        mirror: bool,
+        ensemble: SelfEnsemble,
     ) -> Result<Vec<RgbImage>> {
         let device = self.vs.device();
         let x = Tensor::stack(
@@ -491,13 +495,19 @@ impl Model {
             0,
         )
         .to_device(device);
-        let mut y = self.predict_tensor(&x, &valid);
-        if mirror {
-            let y_mirrored = self
-                .predict_tensor(&x.flip([3]), &valid.flip([3]))
-                .flip([3]);
-            y = (y + y_mirrored) / 2.0;
+        let flip = |t: &Tensor, dims: &[i64]| match dims {
+            [] => t.shallow_clone(),
+            _ => t.flip(dims),
+        };
+        // The views' fills, each flipped back, summed in place to keep one map alive.
+        let mut y = x.zeros_like();
+        for &dims in ensemble.views() {
+            y += flip(
+                &self.predict_tensor(&flip(&x, dims), &flip(&valid, dims)),
+                dims,
+            );
         }
+        let y = y / ensemble.passes() as f64;
         let y = (y.clamp(0.0, 1.0) * 255.0)
             .round()
             .to_kind(Kind::Uint8)

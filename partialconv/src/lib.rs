@@ -16,6 +16,7 @@ pub mod average;
 pub mod bench;
 pub mod blend;
 pub mod checkpoint;
+pub mod ensemble;
 pub mod error;
 pub mod eval;
 pub mod inpainter;
@@ -32,6 +33,7 @@ pub mod vgg;
 
 pub use blend::Blend;
 pub use checkpoint::{Model, ModelMeta, Normalization, Storage};
+pub use ensemble::SelfEnsemble;
 pub use error::{Error, Result};
 pub use inpainter::{Inpainter, Strategy};
 pub use layer::{partial_conv2d, Convention, Mask, PartialConv2d, PartialConvConfig};

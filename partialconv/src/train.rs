@@ -252,6 +252,56 @@ fn load_photos(paths: &[PathBuf], side: u32) -> Photos {
     Photos { images, skipped }
 }
 
+/// Whether the CPU computes bf16 natively. Elsewhere oneDNN emulates it, and a 512² × 4
+/// step took 37 s against 4 s in fp32 (an AVX2-only EPYC, `docs/fine-tuning.md`).
+fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    return true;
+}
+
+fn load_user_masks(cfg: &TrainConfig) -> Result<Vec<HoleMask>> {
+    Ok(match &cfg.masks {
+        Some(dir) => crate::io::list_files(dir)?
+            .iter()
+            .filter_map(|p| crate::io::read_mask(p).ok())
+            .collect(),
+        None => Vec::new(),
+    })
+}
+
+/// Re-estimates `model`'s batch-norm statistics ([`crate::PConvUNet::recalibrate_bn`]) on
+/// `batches` batches of `cfg.data`, cropped and holed as training makes them (`train_size`,
+/// `photo_side`, `batch_size`, `masks`, `seed`). Returns the batches used.
+pub fn recalibrate_bn(model: &mut Model, cfg: &TrainConfig, batches: usize) -> Result<usize> {
+    let photos = load_photos(
+        &crate::io::list_files(&cfg.data)?,
+        cfg.photo_side.max(cfg.train_size),
+    );
+    if photos.images.is_empty() {
+        return Err(Error::Data(format!(
+            "{}: no readable photos to re-estimate batch norm on",
+            cfg.data.display()
+        )));
+    }
+    let loader = Loader::start(
+        Arc::new(photos.images),
+        Arc::new(load_user_masks(cfg)?),
+        cfg,
+        0,
+    );
+    let (norm, channels) = (model.meta.normalization, model.meta.config.input_channels);
+    let device = model.vs.device();
+    let batches = (0..batches).map(|_| {
+        let batch = loader.next();
+        let gt = normalize(&batch.gt.to_device(device), &norm);
+        let valid = batch.valid.to_device(device);
+        (&gt * &valid, Mask::shared(valid, channels))
+    });
+    Ok(model.net.recalibrate_bn(batches))
+}
+
 /// One training batch, on the CPU: normalised images and valid masks.
 struct Batch {
     gt: Tensor,
@@ -427,13 +477,7 @@ impl FineTuner {
                 train.skipped
             )));
         }
-        let user_masks = match &cfg.masks {
-            Some(dir) => crate::io::list_files(dir)?
-                .iter()
-                .filter_map(|p| crate::io::read_mask(p).ok())
-                .collect(),
-            None => Vec::new(),
-        };
+        let user_masks = load_user_masks(&cfg)?;
         let vgg = match &cfg.vgg {
             Some(p) => {
                 let vgg = Vgg19Features::load(p, cfg.device)?;
@@ -466,6 +510,12 @@ impl FineTuner {
             (model, adam, 0)
         };
         model.net.train_compute = cfg.bf16.then_some(Kind::BFloat16);
+        if cfg.bf16 && cfg.device == Device::Cpu && !cpu_has_native_bf16() {
+            eprintln!(
+                "warning: this CPU has no AVX512-BF16, so bf16 is emulated: a training step \
+                 took 9x as long as in fp32 on such a CPU; drop --bf16"
+            );
+        }
         // Each encoder level halves the crop; a crop that does not halve evenly down to the
         // bottleneck fails deep inside the decoder's concatenation instead.
         let multiple = model.meta.config.multiple();

@@ -100,6 +100,10 @@ enum Activation {
 /// Batch norm's epsilon (PyTorch's default), needed again to absorb it into the convolution.
 const BN_EPS: f64 = 1e-5;
 
+/// Batch norm's running-statistics momentum (PyTorch's default), needed again to read a
+/// batch's statistics back out of the running ones in [`PConvUNet::recalibrate_bn`].
+const BN_MOMENTUM: f64 = 0.1;
+
 /// Partial conv, optional batch norm, activation: the paper's "PConv-BN-ReLU" unit.
 #[derive(Debug)]
 struct PConvBlock {
@@ -216,6 +220,7 @@ impl PConvBlock {
         let conv = partial_conv2d(&vs / "conv", c_in, c_out, k, conv_cfg);
         let bn_cfg = nn::BatchNormConfig {
             eps: BN_EPS,
+            momentum: BN_MOMENTUM,
             ..Default::default()
         };
         let bn = bn.then(|| nn::batch_norm2d(&vs / "bn", c_out, bn_cfg));
@@ -431,6 +436,52 @@ impl PConvUNet {
         for (i, block) in self.decoder.iter_mut().enumerate() {
             block.absorb_bn(Some(self.config.encoder_width(i + 1)));
         }
+    }
+
+    /// Replaces every batch norm's running statistics by their plain mean over `batches`
+    /// (`(x, mask)` as for [`forward_t`](Self::forward_t)), each layer seeing the batch
+    /// statistics of the layers before it, as in training. Training keeps an exponential
+    /// average over its last few dozen batches, which is noisy for small batches and, for a
+    /// weight average ([`crate::average`]), describes none of the averaged weights; this is
+    /// SWA's `update_bn` (Izmailov et al. 2018). Returns the number of batches used.
+    pub fn recalibrate_bn(&mut self, batches: impl IntoIterator<Item = (Tensor, Mask)>) -> usize {
+        let (freeze, compute) = (self.freeze_enc_bn, self.train_compute);
+        (self.freeze_enc_bn, self.train_compute) = (false, None);
+        self.clear_absorbed_bn();
+        let bns: Vec<&nn::BatchNorm> = self
+            .encoder
+            .iter()
+            .chain(&self.decoder)
+            .filter_map(|b| b.bn.as_ref())
+            .collect();
+        let mut sums: Vec<(Tensor, Tensor)> = bns
+            .iter()
+            .map(|bn| (bn.running_mean.zeros_like(), bn.running_var.zeros_like()))
+            .collect();
+        let mut n = 0;
+        tch::no_grad(|| {
+            for (x, mask) in batches {
+                for bn in &bns {
+                    // From zero, one update leaves exactly `momentum × batch statistic`.
+                    let _ = bn.running_mean.shallow_clone().zero_();
+                    let _ = bn.running_var.shallow_clone().zero_();
+                }
+                let _ = self.forward_t(&x, &mask, true);
+                for (bn, (mean, var)) in bns.iter().zip(&mut sums) {
+                    *mean += &bn.running_mean / BN_MOMENTUM;
+                    *var += &bn.running_var / BN_MOMENTUM;
+                }
+                n += 1;
+            }
+            for (bn, (mean, var)) in bns.iter().zip(&sums) {
+                if n > 0 {
+                    bn.running_mean.shallow_clone().copy_(&(mean / n as f64));
+                    bn.running_var.shallow_clone().copy_(&(var / n as f64));
+                }
+            }
+        });
+        (self.freeze_enc_bn, self.train_compute) = (freeze, compute);
+        n
     }
 
     pub fn clear_absorbed_bn(&mut self) {

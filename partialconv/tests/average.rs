@@ -78,3 +78,79 @@ fn models_of_other_architectures_are_a_clear_error_naming_the_file() {
     );
     assert!(average(&[]).is_err());
 }
+
+/// Every batch norm's running statistics, by variable name.
+fn bn_statistics(m: &Model) -> Vec<(String, Tensor)> {
+    let mut stats: Vec<_> =
+        m.vs.variables()
+            .into_iter()
+            .filter(|(name, _)| name.contains("running_"))
+            // Copies: the variables themselves change with the next recalibration.
+            .map(|(name, t)| (name, t.copy()))
+            .collect();
+    stats.sort_by(|a, b| a.0.cmp(&b.0));
+    stats
+}
+
+/// Random photos-to-be with about a third of each image holed, as training feeds them.
+fn holed_batch(seed: i64) -> (Tensor, partialconv::Mask) {
+    tch::manual_seed(seed);
+    let x = Tensor::randn([2, 3, 64, 64], (tch::Kind::Float, Device::Cpu));
+    let valid = Tensor::rand([2, 1, 64, 64], (tch::Kind::Float, Device::Cpu))
+        .gt(0.3)
+        .to_kind(tch::Kind::Float);
+    (&x * &valid, partialconv::Mask::shared(valid, 3))
+}
+
+#[test]
+fn recalibrated_bn_statistics_are_the_mean_over_the_batches_whatever_they_were() {
+    let mut m = tiny(8);
+    tch::no_grad(|| {
+        for (name, mut v) in m.vs.variables() {
+            if name.contains("running_mean") {
+                let _ = v.fill_(5.0);
+            } else if name.contains("running_var") {
+                let _ = v.fill_(9.0);
+            }
+        }
+    });
+    let (x, mask) = holed_batch(1);
+    let train_mode = tch::no_grad(|| m.net.forward_t(&x, &mask, true).0);
+    let eval_mode = |m: &Model| tch::no_grad(|| m.net.forward_t(&x, &mask, false).0);
+    let relative = |a: &Tensor| max_diff(a, &train_mode) / train_mode.abs().max().double_value(&[]);
+    assert!(
+        relative(&eval_mode(&m)) > 0.1,
+        "the garbage statistics should show: {}",
+        relative(&eval_mode(&m))
+    );
+
+    m.net.freeze_enc_bn = true;
+    assert_eq!(m.net.recalibrate_bn([holed_batch(1)]), 1);
+    assert!(m.net.freeze_enc_bn, "the stage-2 flag is restored");
+    let one = bn_statistics(&m);
+    // One batch's statistics make inference normalise that batch as training does (up to
+    // the running variance's n/(n − 1), which the 4² bottleneck of two images makes 3 %).
+    assert!(
+        relative(&eval_mode(&m)) < 0.05,
+        "{}",
+        relative(&eval_mode(&m))
+    );
+
+    m.net.recalibrate_bn([holed_batch(2)]);
+    let two = bn_statistics(&m);
+    m.net.recalibrate_bn([holed_batch(1), holed_batch(2)]);
+    let both = bn_statistics(&m);
+    let scale = |t: &Tensor| t.abs().max().double_value(&[]);
+    for (((name, a), (_, b)), (_, ab)) in one.iter().zip(&two).zip(&both) {
+        // Relative: with random weights some channels' means are ~1e-5.
+        assert!(
+            max_diff(a, b) > 1e-3 * scale(a),
+            "{name}: both batches gave the same statistics"
+        );
+        let mean = (a + b) / 2.0;
+        assert!(
+            max_diff(ab, &mean) <= 1e-4 * scale(&mean) + 1e-8,
+            "{name}: not the mean over the batches"
+        );
+    }
+}

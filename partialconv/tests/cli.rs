@@ -308,10 +308,15 @@ fn unknown_strategy_and_device_are_rejected() {
 }
 
 #[test]
-fn blend_changes_the_fill_mirror_is_accepted_and_unknown_blends_are_named() {
+fn blend_changes_the_fill_ensembles_are_accepted_and_unknown_names_are_named() {
     let f = Fixture::new();
     let mut outs = Vec::new();
-    for extra in [&[][..], &["--blend", "paste"], &["--mirror"]] {
+    for extra in [
+        &[][..],
+        &["--blend", "paste"],
+        &["--mirror"],
+        &["--ensemble", "flips"],
+    ] {
         let mut args = vec!["--strategy", "original"];
         args.extend_from_slice(extra);
         let o = f.predict("img.png", "mask.png", "model.safetensors", &args);
@@ -329,6 +334,14 @@ fn blend_changes_the_fill_mirror_is_accepted_and_unknown_blends_are_named() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("soft"), "{}", stderr(&o));
+    let o = f.predict(
+        "img.png",
+        "mask.png",
+        "model.safetensors",
+        &["--ensemble", "dihedral"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("dihedral"), "{}", stderr(&o));
 }
 
 #[test]

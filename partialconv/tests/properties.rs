@@ -120,23 +120,30 @@ fn mirrored(img: &RgbImage) -> RgbImage {
     image::imageops::flip_horizontal(img)
 }
 
+fn upside_down(img: &RgbImage) -> RgbImage {
+    image::imageops::flip_vertical(img)
+}
+
+type Flip = fn(&RgbImage) -> RgbImage;
+
 #[test]
-fn the_mirror_ensemble_is_mirror_equivariant_and_the_single_pass_is_not() {
-    // Neither size is a multiple of the network's 16, so the single pass pads on the right
-    // only and sees a mirrored photo differently; the ensemble averages both views.
+fn each_self_ensemble_is_equivariant_to_exactly_its_own_flips() {
+    use partialconv::SelfEnsemble;
+    // Neither size is a multiple of the network's 16, so a single pass pads on the right and
+    // bottom only and sees a flipped photo differently; an ensemble averages the views.
     let (w, h) = (37, 22);
     let img = image_from(w, h, 5);
     let holes: Vec<bool> = (0..w * h)
         .map(|p| (p % w) < 15 && (p / w) % 7 < 4)
         .collect();
-    let mask = HoleMask::from_bools(w, h, holes.clone());
-    let mirrored_mask = HoleMask::from_bools(
-        w,
-        h,
-        (0..w * h)
-            .map(|p| holes[(p / w * w + (w - 1 - p % w)) as usize])
-            .collect(),
-    );
+    let mask = HoleMask::from_bools(w, h, holes);
+    let flip_mask = |f: Flip| {
+        let gray = RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([if mask.get(x, y) { 255 } else { 0 }; 3])
+        });
+        let flipped = f(&gray);
+        HoleMask::from_bools(w, h, flipped.pixels().map(|p| p[0] > 0).collect())
+    };
     let model = tiny_model();
     let max_diff = |a: &RgbImage, b: &RgbImage| {
         a.as_raw()
@@ -146,17 +153,28 @@ fn the_mirror_ensemble_is_mirror_equivariant_and_the_single_pass_is_not() {
             .max()
             .unwrap()
     };
-    for (mirror, equivariant) in [(true, true), (false, false)] {
+    let flips: [(&str, Flip); 2] = [("left-right", mirrored), ("up-down", upside_down)];
+    for (ensemble, equivariant_to) in [
+        (SelfEnsemble::Single, [false, false]),
+        (SelfEnsemble::Mirror, [true, false]),
+        (SelfEnsemble::Flips, [true, true]),
+    ] {
         let a = model
-            .fill_native_with(&[&img], &[&mask], mirror)
+            .fill_native_with(&[&img], &[&mask], ensemble)
             .unwrap()
             .remove(0);
-        let b = model
-            .fill_native_with(&[&mirrored(&img)], &[&mirrored_mask], mirror)
-            .unwrap()
-            .remove(0);
-        let diff = max_diff(&mirrored(&a), &b);
-        assert_eq!(diff <= 1, equivariant, "mirror {mirror}: differs by {diff}");
+        for ((name, flip), equivariant) in flips.iter().zip(equivariant_to) {
+            let b = model
+                .fill_native_with(&[&flip(&img)], &[&flip_mask(*flip)], ensemble)
+                .unwrap()
+                .remove(0);
+            let diff = max_diff(&flip(&a), &b);
+            assert_eq!(
+                diff <= 1,
+                equivariant,
+                "{ensemble} under the {name} flip: differs by {diff}"
+            );
+        }
     }
 }
 

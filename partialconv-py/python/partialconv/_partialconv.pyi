@@ -37,15 +37,16 @@ class Inpainter:
         path: _StrPath | None = None,
         device: _Device = "cpu",
         blend: Literal["telea", "paste"] = "telea",
-        mirror: bool = False,
+        ensemble: Literal["single", "mirror", "flips"] = "single",
     ) -> Inpainter:
         """Loads the safetensors model at `path`, else `$PARTIALCONV_MODEL`, else the model
         bundled into the build.
 
         `blend="telea"` takes the first pixels of each hole from Telea's fast marching,
         fading into the network's fill 6 px in; `"paste"` uses the network's fill alone.
-        `mirror=True` averages each fill with the one for the mirrored image (slightly
-        better, twice the time).
+        `ensemble` averages the fills of flipped views of the image: `"mirror"` the image and
+        its mirror image (two passes), `"flips"` also both upside down (four passes, the best
+        score; see the model card).
 
         Raises FileNotFoundError (no such file), ValueError (not a model, bad device) or
         RuntimeError (no model bundled and none given)."""
@@ -55,6 +56,9 @@ class Inpainter:
     @property
     def blend(self) -> str:
         """`"telea"` or `"paste"`."""
+    @property
+    def ensemble(self) -> str:
+        """`"single"`, `"mirror"` or `"flips"`."""
     def predict(
         self,
         image: _ImageLike,
