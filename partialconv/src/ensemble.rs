@@ -25,6 +25,21 @@ pub enum SelfEnsemble {
 }
 
 impl SelfEnsemble {
+    pub const ALL: [SelfEnsemble; 3] = [
+        SelfEnsemble::Single,
+        SelfEnsemble::Mirror,
+        SelfEnsemble::Flips,
+    ];
+
+    /// The name the CLI and Python take.
+    pub fn name(self) -> &'static str {
+        match self {
+            SelfEnsemble::Single => "single",
+            SelfEnsemble::Mirror => "mirror",
+            SelfEnsemble::Flips => "flips",
+        }
+    }
+
     /// The views as the tensor dimensions to flip (`N×C×H×W`: 2 is up–down, 3 left–right).
     pub fn views(self) -> &'static [&'static [i64]] {
         match self {
@@ -43,24 +58,20 @@ impl SelfEnsemble {
 impl FromStr for SelfEnsemble {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "single" => Ok(SelfEnsemble::Single),
-            "mirror" => Ok(SelfEnsemble::Mirror),
-            "flips" => Ok(SelfEnsemble::Flips),
-            _ => Err(Error::InvalidArgument(format!(
-                "unknown ensemble `{s}`: expected single, mirror or flips"
-            ))),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown ensemble `{s}`: expected single, mirror or flips"
+                ))
+            })
     }
 }
 
 impl std::fmt::Display for SelfEnsemble {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SelfEnsemble::Single => "single",
-            SelfEnsemble::Mirror => "mirror",
-            SelfEnsemble::Flips => "flips",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -70,11 +81,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_unknown_ones_are_named() {
-        for e in [
-            SelfEnsemble::Single,
-            SelfEnsemble::Mirror,
-            SelfEnsemble::Flips,
-        ] {
+        for e in SelfEnsemble::ALL {
             assert_eq!(e.to_string().parse::<SelfEnsemble>().unwrap(), e);
         }
         let err = "dihedral".parse::<SelfEnsemble>().unwrap_err().to_string();
@@ -83,11 +90,7 @@ mod tests {
 
     #[test]
     fn each_view_is_distinct_and_starts_with_the_image_itself() {
-        for e in [
-            SelfEnsemble::Single,
-            SelfEnsemble::Mirror,
-            SelfEnsemble::Flips,
-        ] {
+        for e in SelfEnsemble::ALL {
             let views = e.views();
             assert!(views[0].is_empty(), "{e}: the first view is the image");
             let mut sorted = views.to_vec();

@@ -499,15 +499,19 @@ impl Model {
             [] => t.shallow_clone(),
             _ => t.flip(dims),
         };
-        // The views' fills, each flipped back, summed in place to keep one map alive.
-        let mut y = x.zeros_like();
-        for &dims in ensemble.views() {
-            y += flip(
-                &self.predict_tensor(&flip(&x, dims), &flip(&valid, dims)),
-                dims,
-            );
-        }
-        let y = y / ensemble.passes() as f64;
+        // The views' fills, each flipped back and summed as they come.
+        let y = ensemble
+            .views()
+            .iter()
+            .map(|&dims| {
+                flip(
+                    &self.predict_tensor(&flip(&x, dims), &flip(&valid, dims)),
+                    dims,
+                )
+            })
+            .reduce(|sum, y| sum + y)
+            .expect("every ensemble has a view")
+            / ensemble.passes() as f64;
         let y = (y.clamp(0.0, 1.0) * 255.0)
             .round()
             .to_kind(Kind::Uint8)

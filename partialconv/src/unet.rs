@@ -473,8 +473,8 @@ impl PConvUNet {
                 }
                 n += 1;
             }
-            for (bn, (mean, var)) in bns.iter().zip(&sums) {
-                if n > 0 {
+            if n > 0 {
+                for (bn, (mean, var)) in bns.iter().zip(&sums) {
                     bn.running_mean.shallow_clone().copy_(&(mean / n as f64));
                     bn.running_var.shallow_clone().copy_(&(var / n as f64));
                 }

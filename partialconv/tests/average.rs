@@ -118,11 +118,8 @@ fn recalibrated_bn_statistics_are_the_mean_over_the_batches_whatever_they_were()
     let train_mode = tch::no_grad(|| m.net.forward_t(&x, &mask, true).0);
     let eval_mode = |m: &Model| tch::no_grad(|| m.net.forward_t(&x, &mask, false).0);
     let relative = |a: &Tensor| max_diff(a, &train_mode) / train_mode.abs().max().double_value(&[]);
-    assert!(
-        relative(&eval_mode(&m)) > 0.1,
-        "the garbage statistics should show: {}",
-        relative(&eval_mode(&m))
-    );
+    let before = relative(&eval_mode(&m));
+    assert!(before > 0.1, "the garbage statistics should show: {before}");
 
     m.net.freeze_enc_bn = true;
     assert_eq!(m.net.recalibrate_bn([holed_batch(1)]), 1);
@@ -130,11 +127,8 @@ fn recalibrated_bn_statistics_are_the_mean_over_the_batches_whatever_they_were()
     let one = bn_statistics(&m);
     // One batch's statistics make inference normalise that batch as training does (up to
     // the running variance's n/(n − 1), which the 4² bottleneck of two images makes 3 %).
-    assert!(
-        relative(&eval_mode(&m)) < 0.05,
-        "{}",
-        relative(&eval_mode(&m))
-    );
+    let after = relative(&eval_mode(&m));
+    assert!(after < 0.05, "{after}");
 
     m.net.recalibrate_bn([holed_batch(2)]);
     let two = bn_statistics(&m);

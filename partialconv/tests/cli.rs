@@ -326,22 +326,11 @@ fn blend_changes_the_fill_ensembles_are_accepted_and_unknown_names_are_named() {
     assert_ne!(outs[0], outs[1], "--blend paste made no difference");
     // What the ensemble changes is tested on the library (tests/properties.rs): this tiny
     // random network's fill of a 10 px square rounds to the same pixels either way.
-    let o = f.predict(
-        "img.png",
-        "mask.png",
-        "model.safetensors",
-        &["--blend", "soft"],
-    );
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("soft"), "{}", stderr(&o));
-    let o = f.predict(
-        "img.png",
-        "mask.png",
-        "model.safetensors",
-        &["--ensemble", "dihedral"],
-    );
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("dihedral"), "{}", stderr(&o));
+    for (flag, name) in [("--blend", "soft"), ("--ensemble", "dihedral")] {
+        let o = f.predict("img.png", "mask.png", "model.safetensors", &[flag, name]);
+        assert_eq!(o.status.code(), Some(2), "{flag} {name}");
+        assert!(stderr(&o).contains(name), "{}", stderr(&o));
+    }
 }
 
 #[test]
