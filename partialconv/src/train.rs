@@ -73,7 +73,7 @@ pub struct TrainConfig {
     /// Threads preparing batches.
     pub loader_threads: usize,
     /// Mixed precision: the training passes of the network and of VGG compute their
-    /// convolutions in bf16 (a step 1.2× faster on an AVX512-BF16 CPU,
+    /// convolutions in bf16 (a step 1.2× faster on an AVX512-BF16 CPU, 1.7× with AMX;
     /// `benches/train_step.rs`), while the weights, the optimizer, the loss and validation
     /// stay in fp32.
     pub bf16: bool,
