@@ -273,7 +273,9 @@ fn load_user_masks(cfg: &TrainConfig) -> Result<Vec<HoleMask>> {
 
 /// Re-estimates `model`'s batch-norm statistics ([`crate::PConvUNet::recalibrate_bn`]) on
 /// `batches` batches of `cfg.data`, cropped and holed as training makes them (`train_size`,
-/// `photo_side`, `batch_size`, `masks`, `seed`). Returns the batches used.
+/// `photo_side`, `batch_size`, `masks`, `seed`), and records that in the model's `training`
+/// metadata, since the same weights with other statistics score differently. Returns the
+/// batches used.
 pub fn recalibrate_bn(model: &mut Model, cfg: &TrainConfig, batches: usize) -> Result<usize> {
     let photos = load_photos(
         &crate::io::list_files(&cfg.data)?,
@@ -299,7 +301,18 @@ pub fn recalibrate_bn(model: &mut Model, cfg: &TrainConfig, batches: usize) -> R
         let valid = batch.valid.to_device(device);
         (&gt * &valid, Mask::shared(valid, channels))
     });
-    Ok(model.net.recalibrate_bn(batches))
+    let used = model.net.recalibrate_bn(batches);
+    model.meta.training = serde_json::json!({
+        "bn_recalibrated": {
+            "batches": used,
+            "batch_size": cfg.batch_size,
+            "train_size": cfg.train_size,
+            "photo_side": cfg.photo_side,
+            "seed": cfg.seed,
+        },
+        "from": std::mem::take(&mut model.meta.training),
+    });
+    Ok(used)
 }
 
 /// One training batch, on the CPU: normalised images and valid masks.

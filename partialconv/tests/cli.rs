@@ -376,3 +376,52 @@ fn average_writes_a_loadable_model_and_needs_two() {
     ]);
     assert_bad_input(&o, &["missing.safetensors"]);
 }
+
+#[test]
+fn recalibrate_bn_rewrites_the_statistics_records_itself_and_names_an_empty_folder() {
+    let f = Fixture::new();
+    std::fs::create_dir(f.path("photos")).unwrap();
+    for i in 0..3 {
+        let p = RgbImage::from_fn(48, 40, |x, y| {
+            Rgb([(x * 5 + i * 40) as u8, (y * 6) as u8, 90])
+        });
+        p.save(f.path(&format!("photos/{i}.png"))).unwrap();
+    }
+    let args = |data: &'static str| {
+        [
+            "recalibrate-bn",
+            "--model",
+            "model.safetensors",
+            "--data",
+            data,
+            "--out",
+            "bn.safetensors",
+            "--batches",
+            "2",
+            "--batch-size",
+            "2",
+            "--train-size",
+            "32",
+            "--device",
+            "cpu",
+        ]
+    };
+    let o = f.run(&args("photos"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = Model::load(&f.path("model.safetensors"), Device::Cpu).unwrap();
+    let after = Model::load(&f.path("bn.safetensors"), Device::Cpu).unwrap();
+    let (old, new) = (before.vs.variables(), after.vs.variables());
+    let moved = |name: &str| !new[name].equal(&old[name]);
+    assert!(moved("enc_2.bn.running_var") && moved("dec_2.bn.running_mean"));
+    assert!(old
+        .keys()
+        .filter(|n| !n.contains("running_"))
+        .all(|n| !moved(n)));
+    let record = &after.meta.training["bn_recalibrated"];
+    assert_eq!(record["batches"], 2, "{}", after.meta.training);
+    assert_eq!(record["train_size"], 32);
+
+    std::fs::create_dir(f.path("empty")).unwrap();
+    let o = f.run(&args("empty"));
+    assert_bad_input(&o, &["empty", "no readable photos"]);
+}
