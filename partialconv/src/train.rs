@@ -74,7 +74,7 @@ pub struct TrainConfig {
     pub loader_threads: usize,
     /// Mixed precision: the training passes of the network and of VGG compute their
     /// convolutions in bf16 (a step 1.2× faster on an AVX512-BF16 CPU, 1.7× with AMX;
-    /// `benches/train_step.rs`), while the weights, the optimizer, the loss and validation
+    /// `docs/benchmarks.md`), while the weights, the optimizer, the loss and validation
     /// stay in fp32.
     pub bf16: bool,
     /// Wall-clock budget: after a few steps the step count is cut to what fits, and stage 2

@@ -338,7 +338,7 @@ pub struct PConvUNet {
     pub freeze_enc_bn: bool,
     /// Mixed precision: training passes (`train = true`) compute their convolutions in this
     /// kind, e.g. bf16 (a training step 1.2× faster on an AVX512-BF16 CPU, 1.7× with AMX;
-    /// `benches/train_step.rs`). Inference and validation stay in full precision.
+    /// `docs/benchmarks.md`). Inference and validation stay in full precision.
     pub train_compute: Option<Kind>,
     channels_last: bool,
 }

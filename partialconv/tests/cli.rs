@@ -382,10 +382,9 @@ fn recalibrate_bn_rewrites_the_statistics_records_itself_and_names_an_empty_fold
     let f = Fixture::new();
     std::fs::create_dir(f.path("photos")).unwrap();
     for i in 0..3 {
-        let p = RgbImage::from_fn(48, 40, |x, y| {
-            Rgb([(x * 5 + i * 40) as u8, (y * 6) as u8, 90])
-        });
-        p.save(f.path(&format!("photos/{i}.png"))).unwrap();
+        photo(48, 40)
+            .save(f.path(&format!("photos/{i}.png")))
+            .unwrap();
     }
     let args = |data: &'static str| {
         [
