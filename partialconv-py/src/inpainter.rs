@@ -25,8 +25,8 @@ impl Inpainter {
     #[staticmethod]
     // The text signatures show Python's view of the defaults, not the Rust values.
     #[pyo3(
-        signature = (path = None, device = DeviceArg(tch::Device::Cpu), blend = "telea", ensemble = "single"),
-        text_signature = "(path=None, device='cpu', blend='telea', ensemble='single')"
+        signature = (path = None, device = DeviceArg(tch::Device::Cpu), blend = "telea", ensemble = "flips"),
+        text_signature = "(path=None, device='cpu', blend='telea', ensemble='flips')"
     )]
     fn load(
         py: Python<'_>,

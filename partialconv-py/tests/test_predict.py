@@ -199,6 +199,7 @@ def test_predict_batch_equals_predict(inpainter):
 
 def test_inpainter_attributes(inpainter):
     assert inpainter.device == "cpu"
+    assert (inpainter.blend, inpainter.ensemble) == ("telea", "flips")
     assert repr(inpainter) == "Inpainter(device='cpu', layer_size=4, width=4)"
 
 

@@ -194,9 +194,9 @@ impl Inpainter {
         }
     }
 
-    /// Which flipped views each fill averages ([`crate::ensemble`]): [`SelfEnsemble::Single`]
-    /// unless set, since each view is another forward pass (the model card weighs the dB
-    /// against the time).
+    /// Which flipped views each fill averages ([`crate::ensemble`]): [`SelfEnsemble::Flips`]
+    /// unless set. Each view is another forward pass; the model card weighs the dB against
+    /// the time.
     pub fn with_ensemble(mut self, ensemble: SelfEnsemble) -> Self {
         self.ensemble = ensemble;
         self

@@ -25,9 +25,10 @@ struct Cli {
 /// How the network's fill is made and merged, shared by predict, batch and eval.
 #[derive(Args, Clone, Copy)]
 struct FillArgs {
-    /// Average the fills of flipped views: single (one pass), mirror (left–right, two
-    /// passes) or flips (also upside down, four passes; the best score, model card).
-    #[arg(long, default_value = "single")]
+    /// Average the fills of flipped views: flips (left–right, upside down and both, four
+    /// passes; the best score, model card), mirror (left–right, two passes) or single (one
+    /// pass, 2.4× faster on a CPU than flips).
+    #[arg(long, default_value = "flips")]
     ensemble: SelfEnsemble,
     /// Short for `--ensemble mirror`.
     #[arg(long, conflicts_with = "ensemble")]

@@ -315,7 +315,7 @@ fn blend_changes_the_fill_ensembles_are_accepted_and_unknown_names_are_named() {
         &[][..],
         &["--blend", "paste"],
         &["--mirror"],
-        &["--ensemble", "flips"],
+        &["--ensemble", "single"],
     ] {
         let mut args = vec!["--strategy", "original"];
         args.extend_from_slice(extra);

@@ -201,6 +201,7 @@ impl Remote {
             model_id: field("model_id"),
             model_version: field("model_version"),
             device: field("device"),
+            ensemble: field("ensemble"),
             config: model.get("config").cloned().unwrap_or_default(),
         })
     }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use partialconv::SelfEnsemble;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -23,6 +24,12 @@ pub struct Config {
     /// Device the model runs on: auto (a GPU when CUDA is present), cpu, cuda or cuda:N.
     #[arg(long, env = "PARTIALCONV_DEVICE", default_value = "cpu")]
     pub device: String,
+
+    /// Flipped views each fill averages: flips (four forward passes, the best fill), mirror
+    /// (two) or single (one: 2.4× the requests a CPU worker serves). Applies to fine-tuned
+    /// models too.
+    #[arg(long, env = "PARTIALCONV_ENSEMBLE", default_value = "flips")]
+    pub ensemble: SelfEnsemble,
 
     /// History sink, repeatable: sqlite:PATH, mysql://…, kafka://BROKERS/TOPIC, or `none`.
     /// Default: sqlite:DATA_DIR/history.db. The environment variable takes `|`-separated URLs.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use partialconv::Inpainter;
+use partialconv::{Inpainter, SelfEnsemble};
 use uuid::Uuid;
 
 use crate::error::AppError;
@@ -39,6 +39,7 @@ impl std::fmt::Display for ModelKey {
 pub struct ModelRegistry {
     jobs_dir: PathBuf,
     device: tch::Device,
+    ensemble: SelfEnsemble,
     capacity: usize,
     /// Most recently used last.
     cache: Mutex<Vec<(Uuid, Arc<Inpainter>)>>,
@@ -47,10 +48,16 @@ pub struct ModelRegistry {
 
 impl ModelRegistry {
     /// `jobs_dir` holds one folder per job id; a finished job's folder has [`MODEL_FILE`].
-    pub fn new(jobs_dir: PathBuf, device: tch::Device, capacity: usize) -> Self {
+    pub fn new(
+        jobs_dir: PathBuf,
+        device: tch::Device,
+        ensemble: SelfEnsemble,
+        capacity: usize,
+    ) -> Self {
         Self {
             jobs_dir,
             device,
+            ensemble,
             capacity: capacity.max(1),
             cache: Mutex::new(Vec::new()),
             loads: AtomicU64::new(0),
@@ -99,7 +106,7 @@ impl ModelRegistry {
         if !path.is_file() {
             return Err(AppError::UnknownModel(id.to_string()));
         }
-        let model = Arc::new(load(&path, self.device)?);
+        let model = Arc::new(load(&path, self.device)?.with_ensemble(self.ensemble));
         self.loads.fetch_add(1, Ordering::Relaxed);
         let mut cache = self.cache.lock().unwrap();
         if let Some(pos) = cache.iter().position(|(k, _)| *k == id) {
@@ -138,7 +145,13 @@ mod tests {
 
     fn registry_with(n: usize, capacity: usize) -> (tempfile::TempDir, ModelRegistry, Vec<Uuid>) {
         let dir = tempfile::tempdir().unwrap();
-        let reg = ModelRegistry::new(dir.path().to_owned(), tch::Device::Cpu, capacity);
+        let reg = ModelRegistry::new(
+            dir.path().to_owned(),
+            tch::Device::Cpu,
+            // Not the default, so the test below sees it passed on.
+            SelfEnsemble::Mirror,
+            capacity,
+        );
         let config = PConvUNetConfig {
             layer_size: 4,
             width: 4,
@@ -163,6 +176,7 @@ mod tests {
         assert_eq!(reg.resolve(Some("default")).unwrap(), ModelKey::Default);
         let id = ids[0].to_string();
         assert_eq!(reg.resolve(Some(&id)).unwrap(), ModelKey::Tuned(ids[0]));
+        assert_eq!(reg.get(ids[0]).unwrap().ensemble(), SelfEnsemble::Mirror);
         for bad in ["../etc/passwd", "bundled", &Uuid::now_v7().to_string()] {
             let e = reg.resolve(Some(bad)).unwrap_err();
             assert_eq!(e.code(), "unknown_model", "{bad}");

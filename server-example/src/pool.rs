@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use image::{DynamicImage, GenericImageView};
-use partialconv::{io::decode_image, HoleMask, Inpainter, Strategy};
+use partialconv::{io::decode_image, HoleMask, Inpainter, SelfEnsemble, Strategy};
 use tokio::sync::oneshot;
 
 use crate::error::AppError;
@@ -105,6 +105,8 @@ pub struct ModelInfo {
     pub model_id: String,
     pub model_version: String,
     pub device: String,
+    /// The self-ensemble every fill uses (`--ensemble`).
+    pub ensemble: String,
     pub config: serde_json::Value,
 }
 
@@ -128,6 +130,7 @@ struct Job {
 pub struct PoolSettings {
     pub model: Option<PathBuf>,
     pub device: tch::Device,
+    pub ensemble: SelfEnsemble,
     pub workers: usize,
     pub queue: usize,
     pub batch_max: usize,
@@ -292,6 +295,7 @@ fn model_info(inpainter: &Inpainter, path: Option<&PathBuf>) -> ModelInfo {
         model_id,
         model_version: format!("pconv-unet-l{}-w{}", c.layer_size, c.width),
         device: format!("{:?}", inpainter.device()).to_lowercase(),
+        ensemble: inpainter.ensemble().to_string(),
         config: serde_json::to_value(meta).unwrap_or_default(),
     }
 }
@@ -299,7 +303,7 @@ fn model_info(inpainter: &Inpainter, path: Option<&PathBuf>) -> ModelInfo {
 fn load_and_start(shared: Arc<Shared>) {
     let s = &shared.settings;
     let inpainter = match Inpainter::load(s.model.as_deref(), s.device) {
-        Ok(i) => Arc::new(i),
+        Ok(i) => Arc::new(i.with_ensemble(s.ensemble)),
         Err(e) => {
             tracing::error!("loading the model failed: {e}");
             *shared.state.lock().unwrap() = LoadState::Failed(e.to_string());

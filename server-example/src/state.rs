@@ -75,6 +75,7 @@ impl AppState {
         let models = Arc::new(ModelRegistry::new(
             finetune_dir.join("jobs"),
             device,
+            cfg.ensemble,
             cfg.loaded_models,
         ));
         let intra_op_threads = default_intra_op_threads();
@@ -88,6 +89,7 @@ impl AppState {
                     PoolSettings {
                         model: cfg.model.clone(),
                         device,
+                        ensemble: cfg.ensemble,
                         workers: cfg.workers,
                         queue: cfg.queue,
                         batch_max: cfg.batch_max,

@@ -457,6 +457,7 @@ async fn health_readiness_metrics_openapi_and_page() {
     assert_eq!(v["status"], "ready");
     assert_eq!(v["model"]["model_id"], "tiny");
     assert_eq!(v["model"]["device"], "cpu");
+    assert_eq!(v["model"]["ensemble"], "flips");
 
     let (img, mask) = small_pair();
     assert_eq!(s.inpaint(form(img, mask)).await.status(), 200);
@@ -643,4 +644,26 @@ async fn the_binary_exits_when_the_model_cannot_load() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent.safetensors"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_average_the_flipped_views_unless_told_otherwise() {
+    // `/readyz` describes the inpainter the workers share, so it says which ensemble they
+    // run. (That the ensembles change fills is tested on the library: this random tiny
+    // model's fill rounds to the same pixels whichever way the photo is flipped.)
+    let (img, mask) = small_pair();
+    for (args, name) in [(&[][..], "flips"), (&["--ensemble", "single"], "single")] {
+        let s = start(args).await;
+        let v: serde_json::Value = s.get("/readyz").await.json().await.unwrap();
+        assert_eq!(v["model"]["ensemble"], name, "{args:?}");
+        assert_eq!(
+            s.inpaint(form(img.clone(), mask.clone())).await.status(),
+            200
+        );
+    }
+    let err =
+        <server_example::Config as clap::Parser>::try_parse_from(["s", "--ensemble", "dihedral"])
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("dihedral") && err.contains("flips"), "{err}");
 }

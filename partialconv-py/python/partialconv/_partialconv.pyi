@@ -37,16 +37,17 @@ class Inpainter:
         path: _StrPath | None = None,
         device: _Device = "cpu",
         blend: Literal["telea", "paste"] = "telea",
-        ensemble: Literal["single", "mirror", "flips"] = "single",
+        ensemble: Literal["single", "mirror", "flips"] = "flips",
     ) -> Inpainter:
         """Loads the safetensors model at `path`, else `$PARTIALCONV_MODEL`, else the model
         bundled into the build.
 
         `blend="telea"` takes the first pixels of each hole from Telea's fast marching,
         fading into the network's fill 6 px in; `"paste"` uses the network's fill alone.
-        `ensemble` averages the fills of flipped views of the image: `"mirror"` the image and
-        its mirror image (two passes), `"flips"` also both upside down (four passes, the best
-        score; see the model card).
+        `ensemble` averages the fills of flipped views of the image: `"flips"` the image
+        flipped left–right, upside down and both (four passes, the best score; see the model
+        card), `"mirror"` the image and its mirror image (two), `"single"` one pass (2.4×
+        faster on a CPU).
 
         Raises FileNotFoundError (no such file), ValueError (not a model, bad device) or
         RuntimeError (no model bundled and none given)."""
