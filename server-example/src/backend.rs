@@ -14,7 +14,8 @@ use crate::pool::{JobInput, JobOutput, ModelInfo, Pool};
 
 pub enum Backend {
     Local(Pool),
-    Remote(Remote),
+    // Boxed: the client and its cached model description dwarf the pool's handle.
+    Remote(Box<Remote>),
 }
 
 impl Backend {

@@ -81,7 +81,12 @@ impl AppState {
         let intra_op_threads = default_intra_op_threads();
         let (backend, finetune) = match &cfg.remote_model {
             Some(url) => (
-                Backend::Remote(Remote::new(url, cfg.workers, cfg.queue, cfg.timeout())),
+                Backend::Remote(Box::new(Remote::new(
+                    url,
+                    cfg.workers,
+                    cfg.queue,
+                    cfg.timeout(),
+                ))),
                 None,
             ),
             None => {
