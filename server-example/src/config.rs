@@ -26,8 +26,8 @@ pub struct Config {
     pub device: String,
 
     /// Flipped views each fill averages: flips (four forward passes, the best fill), mirror
-    /// (two) or single (one: 2.4× the requests a CPU worker serves). Applies to fine-tuned
-    /// models too.
+    /// (two) or single (one; a CPU predict 2.4× faster, docs/benchmarks.md). Applies to
+    /// fine-tuned models too.
     #[arg(long, env = "PARTIALCONV_ENSEMBLE", default_value = "flips")]
     pub ensemble: SelfEnsemble,
 
