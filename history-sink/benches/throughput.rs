@@ -100,8 +100,7 @@ async fn main() {
         .unwrap_or(50_000);
     let tansu = Tansu::start(Storage::Memory).await;
     let spool = tempfile::tempdir().unwrap();
-    let mut cfg = KafkaSinkConfig::new(tansu.brokers());
-    cfg.spool_dir = spool.path().to_owned();
+    let cfg = KafkaSinkConfig::new(tansu.brokers(), spool.path());
     let sink = Arc::new(KafkaSink::new(cfg).await.unwrap());
 
     // 1. Producer.

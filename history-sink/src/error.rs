@@ -67,7 +67,20 @@ pub enum HistoryError {
         reason: String,
     },
 
-    /// Waiting for the Kafka spool to drain took longer than allowed.
+    /// Another process has this spool open; each process needs a spool directory of its own.
+    #[error("spool {0} is in use by another process")]
+    SpoolLocked(PathBuf),
+
+    /// The spool holds its limit of undelivered events; this one was dropped and counted.
+    #[error("the {sink} history spool is full ({max_bytes} bytes undelivered); event dropped")]
+    SpoolFull {
+        /// The sink whose spool is full.
+        sink: &'static str,
+        /// The spool's bound.
+        max_bytes: u64,
+    },
+
+    /// Waiting for a spool to drain took longer than allowed.
     #[error("timed out after {0:?} waiting for the spool to drain")]
     FlushTimeout(std::time::Duration),
 

@@ -3,8 +3,11 @@
 //! - [`HistoryEvent`]: the versioned event (JSON on the wire, see `docs/history.md`);
 //! - [`ImageStore`]: content-addressed storage of originals, masks and results;
 //! - [`HistorySink`]: where events go — [`SqliteSink`] (default), `MySqlSink` (feature
-//!   `mysql`), `KafkaSink` with a durable spool (feature `kafka`), [`FanoutSink`];
-//!   [`sink_from_url`] opens one from a URL;
+//!   `mysql`), `KafkaSink` (feature `kafka`), [`FanoutSink`]; [`sink_from_url`] opens one
+//!   from a URL;
+//! - [`outbox`]: durable first, then sent — remote sinks (Kafka, MySQL) spool each event to
+//!   local disk and deliver it in the background, so an outage neither loses events nor
+//!   slows the caller;
 //! - `service` (feature `service`): the `history-service` that moves Kafka events into MySQL.
 
 #![warn(missing_docs)]
@@ -12,6 +15,7 @@
 pub mod error;
 pub mod event;
 pub mod image_store;
+pub mod outbox;
 pub mod sink;
 
 #[cfg(feature = "kafka")]
@@ -32,8 +36,9 @@ pub use image_store::{ImageStore, LocalImageStore, StoredImage};
 pub use kafka::{KafkaSink, KafkaSinkConfig};
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlSink;
+pub use outbox::{Outbox, OutboxConfig};
 #[cfg(feature = "s3")]
 pub use s3::{S3Config, S3ImageStore};
-pub use sink::{sink_from_url, FanoutSink, HistoryQuery, HistorySink};
+pub use sink::{sink_from_url, FanoutSink, HistoryQuery, HistorySink, SpoolOptions, SpoolStats};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteSink;

@@ -3,6 +3,7 @@
 //! Also holds the batched statements the history service runs inside one transaction.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,6 +13,7 @@ use uuid::Uuid;
 
 use crate::error::{HistoryError, Result};
 use crate::event::HistoryEvent;
+use crate::outbox::{Deliver, Delivery, SpoolRecord};
 use crate::sink::{HistoryQuery, HistorySink};
 
 /// The embedded migrations for MySQL (`history_events`, `history_dead_letters`).
@@ -24,6 +26,8 @@ pub const MAX_ROWS_PER_INSERT: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct MySqlSink {
     pool: MySqlPool,
+    /// Set once the migrations have run; a lazily connected sink runs them on first use.
+    migrated: Arc<tokio::sync::OnceCell<()>>,
 }
 
 /// Opens a pool for `mysql://…` (no migrations).
@@ -44,8 +48,35 @@ impl MySqlSink {
 
     /// Wraps an existing pool and runs the migrations.
     pub async fn from_pool(pool: MySqlPool) -> Result<Self> {
-        MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let sink = Self {
+            pool,
+            migrated: Arc::default(),
+        };
+        sink.migrate().await?;
+        Ok(sink)
+    }
+
+    /// A sink for `mysql://…` that connects, and runs the migrations, on first use: the
+    /// database may be down when it is created.
+    pub fn connect_lazy(url: &str) -> Result<Self> {
+        let opts = MySqlConnectOptions::from_str(url)?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(opts);
+        Ok(Self {
+            pool,
+            migrated: Arc::default(),
+        })
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        self.migrated
+            .get_or_try_init(|| async {
+                MIGRATOR.run(&self.pool).await.map_err(HistoryError::from)
+            })
+            .await?;
+        Ok(())
     }
 
     /// The connection pool.
@@ -205,6 +236,7 @@ impl HistorySink for MySqlSink {
 
     async fn record(&self, event: &HistoryEvent) -> Result<()> {
         event.validate()?;
+        self.migrate().await?;
         let raw = String::from_utf8(event.to_json()?).expect("serde_json writes UTF-8");
         let mut conn = self.pool.acquire().await?;
         upsert_events(
@@ -219,14 +251,107 @@ impl HistorySink for MySqlSink {
     }
 
     async fn query(&self, q: &HistoryQuery) -> Result<Vec<HistoryEvent>> {
+        self.migrate().await?;
         select_page(&self.pool, q).await
     }
 
     async fn get(&self, event_id: Uuid) -> Result<Option<HistoryEvent>> {
+        self.migrate().await?;
         select_event(&self.pool, event_id).await
     }
 
     fn can_query(&self) -> bool {
         true
+    }
+}
+
+/// Whether MySQL refused the statement itself (as opposed to being unreachable).
+pub fn is_rejection(e: &HistoryError) -> bool {
+    matches!(e, HistoryError::Database(sqlx::Error::Database(_)))
+}
+
+fn decode_record(r: &SpoolRecord) -> Result<RawEvent> {
+    let raw = std::str::from_utf8(&r.payload)
+        .map_err(|e| HistoryError::InvalidEvent(format!("spooled event is not UTF-8: {e}")))?;
+    Ok(RawEvent {
+        event: HistoryEvent::from_json(&r.payload)?,
+        raw: raw.to_owned(),
+    })
+}
+
+async fn insert_all(pool: &MySqlPool, events: &[RawEvent]) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    upsert_events(&mut tx, events).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The outbox's MySQL target: the spooled events of a batch go in one transaction. The
+/// server's `mysql://` history is this behind an [`Outbox`](crate::outbox::Outbox), so a
+/// database outage costs the requests nothing.
+#[async_trait]
+impl Deliver for MySqlSink {
+    fn name(&self) -> &'static str {
+        "mysql"
+    }
+
+    async fn deliver(&self, records: &[SpoolRecord]) -> Delivery {
+        if let Err(e) = self.migrate().await {
+            return Delivery::failed(e);
+        }
+        // Events were validated before they were spooled; one that no longer decodes (a
+        // hand-edited spool) is kept aside rather than blocking the rest.
+        let decoded: Vec<Result<RawEvent>> = records.iter().map(decode_record).collect();
+        let events: Vec<RawEvent> = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok().cloned())
+            .collect();
+        let undecodable: Vec<usize> = (0..records.len())
+            .filter(|&i| decoded[i].is_err())
+            .collect();
+        match insert_all(&self.pool, &events).await {
+            Ok(()) => Delivery {
+                settled: records.len(),
+                rejected: undecodable,
+                error: None,
+            },
+            Err(e) if is_rejection(&e) => self.deliver_one_by_one(records, &decoded).await,
+            Err(e) => Delivery::failed(e),
+        }
+    }
+
+    fn reader(&self) -> Option<&dyn HistorySink> {
+        Some(self)
+    }
+}
+
+impl MySqlSink {
+    /// After MySQL refused a whole batch: each event alone, so that one it refuses for good
+    /// is set aside instead of stalling the spool.
+    async fn deliver_one_by_one(
+        &self,
+        records: &[SpoolRecord],
+        decoded: &[Result<RawEvent>],
+    ) -> Delivery {
+        let mut done = Delivery::default();
+        for (i, d) in decoded.iter().enumerate() {
+            match d {
+                Err(_) => done.rejected.push(i),
+                Ok(ev) => match insert_all(&self.pool, std::slice::from_ref(ev)).await {
+                    Ok(()) => {}
+                    Err(e) if is_rejection(&e) => {
+                        tracing::error!(event_id = %ev.event.event_id, error = %e, "MySQL refuses this event");
+                        done.rejected.push(i);
+                    }
+                    Err(e) => {
+                        done.error = Some(e);
+                        return done;
+                    }
+                },
+            }
+            done.settled = i + 1;
+        }
+        debug_assert_eq!(done.settled, records.len());
+        done
     }
 }

@@ -28,7 +28,9 @@ use sqlx::MySqlPool;
 
 use crate::error::{HistoryError, Result};
 use crate::event::HistoryEvent;
-use crate::mysql::{insert_dead_letters, upsert_events, DeadLetter, RawEvent, MIGRATOR};
+use crate::mysql::{
+    insert_dead_letters, is_rejection, upsert_events, DeadLetter, RawEvent, MIGRATOR,
+};
 
 /// Settings of the history service.
 #[derive(Debug, Clone)]
@@ -232,11 +234,6 @@ impl Batch {
     }
 }
 
-/// Whether MySQL refused the statement itself (as opposed to being unreachable).
-fn is_rejection(e: &HistoryError) -> bool {
-    matches!(e, HistoryError::Database(sqlx::Error::Database(_)))
-}
-
 /// After repeated rejections of a whole batch: tries each event alone (rolled back), and
 /// turns the ones MySQL refuses into dead letters, so one poison event cannot stall the
 /// partition. Connection errors still propagate (and are retried by the caller).
@@ -267,6 +264,27 @@ async fn isolate_rejected(pool: &MySqlPool, batch: &mut Batch) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Pauses fetching on every assigned partition while MySQL is down; returns what to resume.
+fn pause_fetching(consumer: &LoggingConsumer) -> Option<TopicPartitionList> {
+    let tpl = consumer
+        .assignment()
+        .map_err(|e| tracing::warn!(error = %e, "cannot read the assignment to pause it"))
+        .ok()?;
+    match consumer.pause(&tpl) {
+        Ok(()) => {
+            tracing::info!(
+                partitions = tpl.count(),
+                "paused fetching until MySQL is back"
+            );
+            Some(tpl)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not pause fetching");
+            None
+        }
+    }
 }
 
 /// Writes a batch in one transaction; returns the number of new rows.
@@ -338,6 +356,7 @@ pub async fn run(
         let mut delay = cfg.retry_initial;
         let mut attempt = 0u32;
         let mut rejections = 0u32;
+        let mut paused: Option<TopicPartitionList> = None;
         let inserted = loop {
             attempt += 1;
             if rejections >= 3 {
@@ -354,11 +373,26 @@ pub async fn run(
                     }
                     stats.db_retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, attempt, retry_in = ?delay, "MySQL write failed; retrying");
-                    tokio::select! {
-                        biased;
-                        // Offsets stay uncommitted, so the batch is redelivered after restart.
-                        () = &mut shutdown => break 'outer,
-                        () = tokio::time::sleep(delay) => {}
+                    if paused.is_none() {
+                        paused = pause_fetching(&consumer);
+                    }
+                    // Keep polling while waiting: a consumer that stops polling for
+                    // max.poll.interval.ms is dropped from its group, and the outage would
+                    // become a rebalance. The partitions are paused, so a message that was
+                    // already fetched joins the batch instead of being lost.
+                    let sleep = tokio::time::sleep(delay);
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            // Offsets stay uncommitted, so the batch is redelivered after restart.
+                            () = &mut shutdown => break 'outer,
+                            () = &mut sleep => break,
+                            m = consumer.recv() => match m {
+                                Ok(m) => batch.push(&m),
+                                Err(e) => tracing::debug!(error = %e, "kafka consumer error while paused"),
+                            },
+                        }
                     }
                     delay = (delay * 2).min(cfg.retry_max);
                 }
@@ -366,6 +400,11 @@ pub async fn run(
         };
         if attempt > 1 {
             tracing::info!(attempts = attempt, "MySQL write succeeded after retries");
+        }
+        if let Some(tpl) = paused.take() {
+            if let Err(e) = consumer.resume(&tpl) {
+                tracing::warn!(error = %e, "could not resume the paused partitions");
+            }
         }
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.inserted.fetch_add(inserted, Ordering::Relaxed);

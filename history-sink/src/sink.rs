@@ -1,5 +1,6 @@
 //! The `HistorySink` trait, queries, the fan-out sink and the URL factory.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -63,10 +64,34 @@ impl HistoryQuery {
     }
 }
 
+/// The state of a sink's local spool (see [`crate::outbox`]), for metrics and health.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SpoolStats {
+    /// The sink the spool feeds (`kafka`, `mysql`).
+    pub sink: &'static str,
+    /// Events on disk that have not been delivered yet.
+    pub pending_events: u64,
+    /// Their size in bytes.
+    pub pending_bytes: u64,
+    /// The spool's bound in bytes.
+    pub max_bytes: u64,
+    /// When the oldest undelivered event happened.
+    pub oldest_pending: Option<DateTime<Utc>>,
+    /// Events delivered since the process started.
+    pub delivered: u64,
+    /// Failed delivery attempts since the process started (each is retried).
+    pub delivery_failures: u64,
+    /// Events refused because the spool was full.
+    pub dropped: u64,
+    /// Why the latest delivery attempt failed; `None` once one succeeds.
+    pub last_error: Option<String>,
+}
+
 /// Somewhere history events go.
 ///
-/// `record` must be durable when it returns `Ok` (committed to a database, acknowledged by
-/// all in-sync Kafka replicas, or fsynced to the Kafka spool) and idempotent by `event_id`.
+/// `record` must be durable when it returns `Ok` (committed to a database, or fsynced to a
+/// local spool that an [`Outbox`](crate::outbox::Outbox) delivers) and idempotent by
+/// `event_id`.
 #[async_trait]
 pub trait HistorySink: Send + Sync {
     /// A short name for logs and errors.
@@ -99,9 +124,14 @@ pub trait HistorySink: Send + Sync {
         false
     }
 
-    /// Waits until everything recorded so far has left local buffers (the Kafka spool).
+    /// Waits until everything recorded so far has left local buffers (a spool).
     async fn flush(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// The local spools behind this sink; empty for sinks that write directly.
+    fn spool_stats(&self) -> Vec<SpoolStats> {
+        Vec::new()
     }
 }
 
@@ -124,6 +154,9 @@ impl<S: HistorySink + ?Sized> HistorySink for Arc<S> {
     }
     async fn flush(&self) -> Result<()> {
         (**self).flush().await
+    }
+    fn spool_stats(&self) -> Vec<SpoolStats> {
+        (**self).spool_stats()
     }
 }
 
@@ -201,29 +234,63 @@ impl HistorySink for FanoutSink {
         }
         Ok(())
     }
+
+    fn spool_stats(&self) -> Vec<SpoolStats> {
+        self.sinks.iter().flat_map(|s| s.spool_stats()).collect()
+    }
+}
+
+/// Where the sinks that spool (Kafka, MySQL) keep their spools, and how large each may grow.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    /// Each spooling sink gets a directory of its own under this one.
+    pub root: PathBuf,
+    /// Most undelivered bytes each spool holds; further events are dropped and counted.
+    pub max_bytes: u64,
+}
+
+impl SpoolOptions {
+    /// Spools under `root`, each bounded to [`DEFAULT_MAX_BYTES`](crate::outbox::DEFAULT_MAX_BYTES).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            max_bytes: crate::outbox::DEFAULT_MAX_BYTES,
+        }
+    }
+
+    /// The spool directory of one sink: named by the scheme and a hash of what identifies
+    /// the destination (brokers and topic, or host, port and database; never a password),
+    /// so that the same destination finds its spool again after a restart.
+    pub fn dir_for(&self, scheme: &str, destination: &str) -> PathBuf {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(destination.as_bytes());
+        self.root
+            .join(format!("{scheme}-{}", &hex::encode(digest)[..16]))
+    }
 }
 
 /// Opens a sink from a URL:
 ///
 /// - `sqlite:PATH` or `sqlite://PATH` (created if missing; `sqlite::memory:` for tests);
-/// - `mysql://user:pass@host:port/db` (feature `mysql`; migrations run on open);
+/// - `mysql://user:pass@host:port/db` (feature `mysql`; migrations run on open), behind an
+///   [`Outbox`](crate::outbox::Outbox) spooling under `spool.root`;
 /// - `kafka://HOST:PORT[,HOST:PORT…]/TOPIC[?spool=DIR]` (feature `kafka`; the topic
-///   defaults to `image-history`, the spool directory to `history-spool`).
+///   defaults to `image-history`, the spool directory to one under `spool.root`).
 ///
 /// Several URLs separated by `|` give a [`FanoutSink`] over all of them.
-pub async fn sink_from_url(url: &str) -> Result<Arc<dyn HistorySink>> {
+pub async fn sink_from_url(url: &str, spool: &SpoolOptions) -> Result<Arc<dyn HistorySink>> {
     if url.contains('|') {
         let mut sinks = Vec::new();
         for part in url.split('|') {
-            sinks.push(Box::pin(sink_from_url(part.trim())).await?);
+            sinks.push(Box::pin(sink_from_url(part.trim(), spool)).await?);
         }
         return Ok(Arc::new(FanoutSink::new(sinks)));
     }
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "sqlite" => open_sqlite(url).await,
-        "mysql" | "mariadb" => open_mysql(url).await,
-        "kafka" => open_kafka(url).await,
+        "mysql" | "mariadb" => open_mysql(url, spool).await,
+        "kafka" => open_kafka(url, spool).await,
         _ => Err(HistoryError::InvalidUrl {
             url: url.to_owned(),
             reason: "expected sqlite:, mysql:// or kafka://".into(),
@@ -241,22 +308,39 @@ async fn open_sqlite(_url: &str) -> Result<Arc<dyn HistorySink>> {
 }
 
 #[cfg(feature = "mysql")]
-async fn open_mysql(url: &str) -> Result<Arc<dyn HistorySink>> {
+async fn open_mysql(url: &str, spool: &SpoolOptions) -> Result<Arc<dyn HistorySink>> {
     let url = url.replacen("mariadb://", "mysql://", 1);
-    Ok(Arc::new(crate::mysql::MySqlSink::connect(&url).await?))
+    let parsed = url::Url::parse(&url).map_err(|e| HistoryError::InvalidUrl {
+        url: url.clone(),
+        reason: e.to_string(),
+    })?;
+    let destination = format!(
+        "{}:{}{}",
+        parsed.host_str().unwrap_or_default(),
+        parsed.port().unwrap_or(3306),
+        parsed.path()
+    );
+    let mut cfg = crate::outbox::OutboxConfig::new(spool.dir_for("mysql", &destination));
+    cfg.max_bytes = spool.max_bytes;
+    // The pool connects lazily, so a database that is down at start does not stop the
+    // server: its events wait in the spool, and migrations run on the first delivery.
+    let sink = crate::mysql::MySqlSink::connect_lazy(&url)?;
+    Ok(Arc::new(crate::outbox::Outbox::open(sink, cfg).await?))
 }
 #[cfg(not(feature = "mysql"))]
-async fn open_mysql(_url: &str) -> Result<Arc<dyn HistorySink>> {
+async fn open_mysql(_url: &str, _spool: &SpoolOptions) -> Result<Arc<dyn HistorySink>> {
     Err(HistoryError::FeatureDisabled("mysql"))
 }
 
 #[cfg(feature = "kafka")]
-async fn open_kafka(url: &str) -> Result<Arc<dyn HistorySink>> {
-    let cfg = crate::kafka::KafkaSinkConfig::from_url(url)?;
+async fn open_kafka(url: &str, spool: &SpoolOptions) -> Result<Arc<dyn HistorySink>> {
+    let base = url.split('?').next().unwrap_or(url);
+    let mut cfg = crate::kafka::KafkaSinkConfig::from_url(url, &spool.dir_for("kafka", base))?;
+    cfg.spool_max_bytes = spool.max_bytes;
     Ok(Arc::new(crate::kafka::KafkaSink::new(cfg).await?))
 }
 #[cfg(not(feature = "kafka"))]
-async fn open_kafka(_url: &str) -> Result<Arc<dyn HistorySink>> {
+async fn open_kafka(_url: &str, _spool: &SpoolOptions) -> Result<Arc<dyn HistorySink>> {
     Err(HistoryError::FeatureDisabled("kafka"))
 }
 
@@ -315,7 +399,7 @@ mod tests {
     async fn bad_urls_are_rejected() {
         for u in ["", "postgres://x", "file:/tmp/x"] {
             assert!(matches!(
-                sink_from_url(u).await,
+                sink_from_url(u, &SpoolOptions::new("/nonexistent")).await,
                 Err(HistoryError::InvalidUrl { .. })
             ));
         }

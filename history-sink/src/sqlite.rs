@@ -275,7 +275,10 @@ mod tests {
 
     #[tokio::test]
     async fn memory_url_and_factory_work() {
-        let s = crate::sink_from_url("sqlite::memory:").await.unwrap();
+        let spool = crate::SpoolOptions::new("/nonexistent");
+        let s = crate::sink_from_url("sqlite::memory:", &spool)
+            .await
+            .unwrap();
         let ev = HistoryEvent::upload("u");
         s.record(&ev).await.unwrap();
         assert!(s.can_query());

@@ -57,8 +57,7 @@ impl Service {
 }
 
 fn sink_config(brokers: &str, spool: &Path) -> KafkaSinkConfig {
-    let mut cfg = KafkaSinkConfig::new(brokers);
-    cfg.spool_dir = spool.to_owned();
+    let mut cfg = KafkaSinkConfig::new(brokers, spool);
     cfg.message_timeout = Duration::from_secs(2);
     cfg
 }
@@ -108,7 +107,9 @@ async fn end_to_end_with_dead_letters() {
         tansu.brokers(),
         spool.path().display()
     );
-    let sink = history_sink::sink_from_url(&url).await.unwrap();
+    let sink = history_sink::sink_from_url(&url, &history_sink::SpoolOptions::new(spool.path()))
+        .await
+        .unwrap();
     let mut ids = HashSet::new();
     let mut produce = |evs: Vec<HistoryEvent>| {
         ids.extend(evs.iter().map(|e| e.event_id));
@@ -226,7 +227,7 @@ async fn broker_outage_loses_nothing() {
             tansu.kill();
         }
         if i == 1000 {
-            spooled = sink.is_spooling();
+            spooled = sink.pending_events() > 0;
             tokio::time::sleep(Duration::from_secs(2)).await;
             tansu.restart().await;
         }

@@ -9,7 +9,7 @@ use chrono::{TimeZone, Utc};
 use common::{skip_services, TestDb};
 use history_sink::{
     sink_from_url, EventKind, FanoutSink, HistoryError, HistoryEvent, HistoryQuery, HistorySink,
-    MySqlSink,
+    MySqlSink, SpoolOptions,
 };
 use uuid::Uuid;
 
@@ -68,7 +68,10 @@ async fn query_filters_and_pages() {
         return;
     }
     let db = TestDb::new().await;
-    let sink = sink_from_url(&db.url()).await.unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let sink = sink_from_url(&db.url(), &SpoolOptions::new(spool.path()))
+        .await
+        .unwrap();
     assert!(sink.can_query());
     let base = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
     let mut all = Vec::new();
@@ -134,11 +137,14 @@ async fn fanout_to_sqlite_and_mysql() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let sqlite = format!("sqlite:{}", dir.path().join("h.db").display());
-    let sink = sink_from_url(&format!("{sqlite}|{}", db.url()))
+    let spool = SpoolOptions::new(dir.path().join("spool"));
+    let sink = sink_from_url(&format!("{sqlite}|{}", db.url()), &spool)
         .await
         .unwrap();
     let ev = HistoryEvent::upload("carol");
     sink.record(&ev).await.unwrap();
+    // MySQL is behind an outbox: the event is durable in the spool, then delivered.
+    sink.flush().await.unwrap();
     assert_eq!(db.event_count().await, 1);
     assert_eq!(sink.get(ev.event_id).await.unwrap(), Some(ev.clone()));
     let my: Arc<dyn HistorySink> = Arc::new(MySqlSink::connect(&db.url()).await.unwrap());

@@ -36,12 +36,23 @@ pub struct Config {
     #[arg(long = "history", env = "PARTIALCONV_HISTORY", value_name = "URL")]
     pub history: Vec<String>,
 
+    /// Most undelivered history each spooling sink (Kafka, MySQL) keeps on disk under
+    /// DATA_DIR/history-spool while its destination is down, in megabytes. Events beyond it
+    /// are dropped and counted (`history_dropped_total`); requests are never held up.
+    #[arg(
+        long,
+        env = "PARTIALCONV_HISTORY_SPOOL_MAX_MB",
+        default_value_t = 1024.0,
+        value_name = "MB"
+    )]
+    pub history_spool_max_mb: f64,
+
     /// Where uploads and results are kept: a directory, s3://BUCKET[/PREFIX], or `none`.
     /// Default: DATA_DIR/images.
     #[arg(long, env = "PARTIALCONV_IMAGES", value_name = "DIR|URL")]
     pub images: Option<String>,
 
-    /// Directory for the default SQLite database and image store.
+    /// Directory for the default SQLite database, the image store and the history spools.
     #[arg(long, env = "PARTIALCONV_DATA_DIR", default_value = "server-data")]
     pub data_dir: PathBuf,
 

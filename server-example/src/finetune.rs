@@ -47,8 +47,6 @@ pub const MAX_NAME_LEN: usize = 100;
 /// memory, so this bounds what uploads take to about this many times `--finetune-max-mb`.
 const CONCURRENT_UPLOADS: usize = 2;
 
-const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
-
 #[derive(Debug, Clone)]
 pub struct FinetuneSettings {
     pub max_images: usize,
@@ -996,23 +994,8 @@ impl Inner {
         if let Some(e) = &status.error {
             ev = ev.with_error(e.clone());
         }
-        // Best effort, as for inpainting: a sink that is down never fails a job.
-        let failed = match tokio::time::timeout(HISTORY_TIMEOUT, sink.record(&ev)).await {
-            Ok(Ok(())) => false,
-            Ok(Err(e)) => {
-                tracing::warn!("recording a finetune event failed: {e}");
-                true
-            }
-            Err(_) => {
-                tracing::warn!("recording a finetune event timed out");
-                true
-            }
-        };
-        if failed {
-            self.metrics
-                .history_failures
-                .fetch_add(1, Ordering::Relaxed);
-        }
+        // As for inpainting: a sink that is down never fails a job.
+        crate::history::record(&sink, ev, &self.metrics).await;
     }
 }
 

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod finetune;
+pub mod history;
 pub mod metrics;
 pub mod models;
 pub mod pool;

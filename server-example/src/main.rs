@@ -63,10 +63,16 @@ async fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
             }
         })
         .await?;
-    // Events may still sit in a Kafka spool; give them a chance to leave.
+    // Spooled events are on disk and the next start delivers them; wait a little so that a
+    // healthy destination has them now, but never hold a shutdown for one that is down.
     if let Some(h) = history {
-        if let Err(e) = h.flush().await {
-            tracing::warn!("flushing history on shutdown: {e}");
+        match tokio::time::timeout(Duration::from_secs(5), h.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("flushing history on shutdown: {e}"),
+            Err(_) => {
+                let pending: u64 = h.spool_stats().iter().map(|s| s.pending_events).sum();
+                tracing::warn!(pending, "history events stay spooled until the next start");
+            }
         }
     }
     Ok(())

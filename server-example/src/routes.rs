@@ -452,17 +452,20 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
     let info = state.backend.readiness().await?;
-    Ok(Json(
-        serde_json::json!({ "status": "ready", "model": info }),
-    ))
+    let mut body = serde_json::json!({ "status": "ready", "model": info });
+    if let Some(sink) = &state.history {
+        body["history"] = crate::history::readiness(&sink.spool_stats());
+    }
+    Ok(Json(body))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let (depth, capacity, workers) = state.backend.load();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(depth, capacity, workers),
-    )
+    let mut text = state.metrics.render(depth, capacity, workers);
+    if let Some(sink) = &state.history {
+        crate::metrics::render_spools(&mut text, &sink.spool_stats());
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 pub async fn openapi() -> impl IntoResponse {

@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use history_sink::event::MAX_USER_ID_LEN;
@@ -18,9 +18,6 @@ use crate::error::AppError;
 use crate::models::ModelKey;
 use crate::pool::{JobInput, JobOutput, OutputFormat};
 use crate::state::AppState;
-
-/// How long a request waits for the history sink before giving up on the event.
-const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -190,24 +187,7 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
                 .with_model(id, info.model_version)
                 .with_device(info.device);
         }
-        // The user has their result; the event is best effort.
-        match tokio::time::timeout(HISTORY_TIMEOUT, sink.record(&event)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                state
-                    .metrics
-                    .history_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(event_id = %event_id, "recording history failed: {e}");
-            }
-            Err(_) => {
-                state
-                    .metrics
-                    .history_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(event_id = %event_id, "recording history timed out");
-            }
-        }
+        crate::history::record(sink, event, &state.metrics).await;
     }
     Ok(Inpainted {
         output,

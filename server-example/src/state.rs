@@ -4,7 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use history_sink::{sink_from_url, FanoutSink, HistoryError, HistorySink, ImageStore};
+use history_sink::{
+    sink_from_url, FanoutSink, HistoryError, HistorySink, ImageStore, SpoolOptions,
+};
 use tokio::sync::Semaphore;
 
 use crate::backend::{Backend, Remote};
@@ -59,9 +61,16 @@ impl AppState {
     /// Opens the sinks and the image store, and starts the inference workers (which load the
     /// model in the background; `/readyz` says when they are done).
     pub async fn from_config(cfg: &Config) -> Result<Self, StartupError> {
-        if cfg.max_upload_mb <= 0.0 || cfg.queue == 0 || cfg.batch_max == 0 {
+        if cfg.max_upload_mb <= 0.0
+            || cfg.queue == 0
+            || cfg.batch_max == 0
+            || cfg.history_spool_max_mb.is_nan()
+            || cfg.history_spool_max_mb <= 0.0
+        {
             return Err(StartupError::Config(
-                "--max-upload-mb, --queue and --batch-max must be positive".into(),
+                "--max-upload-mb, --queue, --batch-max and --history-spool-max-mb must be \
+                 positive"
+                    .into(),
             ));
         }
         let metrics = Arc::new(Metrics::default());
@@ -185,6 +194,12 @@ async fn open_history(cfg: &Config) -> Result<Option<Arc<dyn HistorySink>>, Star
     if urls.is_empty() {
         return Ok(None);
     }
+    // Under the data dir, never the working directory: two servers started from one
+    // folder must not share a spool (it is locked, so the second would refuse to start).
+    let spool = SpoolOptions {
+        root: cfg.data_dir.join("history-spool"),
+        max_bytes: (cfg.history_spool_max_mb * 1024.0 * 1024.0) as u64,
+    };
     let mut sinks = Vec::new();
     for url in urls {
         if let Some(path) = url
@@ -198,7 +213,7 @@ async fn open_history(cfg: &Config) -> Result<Option<Arc<dyn HistorySink>>, Star
                 ensure_dir(parent)?;
             }
         }
-        let sink = sink_from_url(&url)
+        let sink = sink_from_url(&url, &spool)
             .await
             .map_err(|source| StartupError::History {
                 url: url.clone(),

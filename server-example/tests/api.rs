@@ -442,7 +442,8 @@ async fn history_none_answers_501_and_fanout_reads_from_the_first_queryable_sink
     let r = s.inpaint(form(img, mask).text("user_id", "dan")).await;
     let id = r.headers()["x-event-id"].to_str().unwrap().to_owned();
     for url in [&a, &b] {
-        let sink = history_sink::sink_from_url(url).await.unwrap();
+        let spool = history_sink::SpoolOptions::new(dir.path().join("spool"));
+        let sink = history_sink::sink_from_url(url, &spool).await.unwrap();
         let got = sink.get(id.parse().unwrap()).await.unwrap();
         assert_eq!(got.unwrap().user_id, "dan", "{url}");
     }

@@ -1,38 +1,33 @@
-//! `KafkaSink` (feature `kafka`): an idempotent `acks=all` producer with a durable spool.
+//! `KafkaSink` (feature `kafka`): an [`Outbox`] in front of an idempotent `acks=all` producer.
 //!
-//! `record` sends the event keyed by `user_id` and waits for the broker's acknowledgement.
-//! If the broker cannot be reached within `message_timeout`, the event is appended to the
-//! spool (fsynced) instead, and from then on new events queue behind it in the spool until
-//! a background task has sent every spooled event, in order. Either way `record` returns
-//! `Ok` only once the event is durable: acknowledged by the broker, or on local disk.
+//! `record` appends the event to the local spool (fsynced, group-committed) and returns; it
+//! never waits for the broker. The outbox's delivery task sends spooled events in order,
+//! keyed by `user_id`, and advances past each batch the broker acknowledged. While the
+//! broker is down, events stay on disk (up to the spool's bound) and requests are not
+//! slowed; when it returns, the backlog goes out in order.
 //!
 //! After any failed send the producer is replaced by a fresh one. An idempotent producer
 //! whose messages timed out bumps its epoch or asks for a new producer id, and a broker that
 //! restarted meanwhile may not know that state: tansu 0.6 on `sqlite://` storage even
 //! panics its storage task on such a produce request. A fresh producer starts with a
-//! clean `InitProducerId` against whatever broker comes back. Order is still kept: spooled
-//! events are only sent by the drain task, one batch at a time.
+//! clean `InitProducerId` against whatever broker comes back. Order is still kept: events
+//! are only sent by the delivery task, one batch at a time.
 
-pub mod spool;
-
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::error::{HistoryError, Result};
+use crate::event::HistoryEvent;
+use crate::outbox::{Deliver, Delivery, Outbox, OutboxConfig, SpoolRecord, DEFAULT_MAX_BYTES};
+use crate::sink::{HistorySink, SpoolStats};
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use tokio::sync::{mpsc, oneshot, Notify};
-
-use crate::error::{HistoryError, Result};
-use crate::event::HistoryEvent;
-use crate::sink::HistorySink;
-pub use spool::{Spool, SpoolRecord};
 
 /// The topic used when none is given.
 pub const DEFAULT_TOPIC: &str = "image-history";
@@ -44,9 +39,11 @@ pub struct KafkaSinkConfig {
     pub brokers: String,
     /// Topic name (default [`DEFAULT_TOPIC`]).
     pub topic: String,
-    /// Directory of the durable spool; one producer process per directory.
+    /// Directory of the durable spool; one process per directory (it is locked).
     pub spool_dir: PathBuf,
-    /// How long a send may wait for the broker before the event is spooled instead.
+    /// Most undelivered bytes the spool holds; further events are dropped and counted.
+    pub spool_max_bytes: u64,
+    /// How long one send may wait for the broker before the batch is retried.
     pub message_timeout: Duration,
     /// Partitions for the topic if the sink has to create it.
     pub partitions: i32,
@@ -55,20 +52,23 @@ pub struct KafkaSinkConfig {
 }
 
 impl KafkaSinkConfig {
-    /// Defaults for `brokers`: topic `image-history`, spool `./history-spool`, 5 s timeout.
-    pub fn new(brokers: impl Into<String>) -> Self {
+    /// Defaults for `brokers` with the spool in `spool_dir`: topic `image-history`, a 1 GiB
+    /// spool, 5 s send timeout.
+    pub fn new(brokers: impl Into<String>, spool_dir: impl Into<PathBuf>) -> Self {
         Self {
             brokers: brokers.into(),
             topic: DEFAULT_TOPIC.into(),
-            spool_dir: PathBuf::from("history-spool"),
+            spool_dir: spool_dir.into(),
+            spool_max_bytes: DEFAULT_MAX_BYTES,
             message_timeout: Duration::from_secs(5),
             partitions: 3,
             extra: Vec::new(),
         }
     }
 
-    /// Parses `kafka://BROKERS[/TOPIC][?spool=DIR&timeout_ms=N&partitions=N]`.
-    pub fn from_url(url: &str) -> Result<Self> {
+    /// Parses `kafka://BROKERS[/TOPIC][?spool=DIR&timeout_ms=N&partitions=N]`; without
+    /// `spool=`, the spool is `spool_dir`.
+    pub fn from_url(url: &str, spool_dir: &Path) -> Result<Self> {
         let bad = |reason: &str| HistoryError::InvalidUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
@@ -81,7 +81,7 @@ impl KafkaSinkConfig {
         if brokers.is_empty() {
             return Err(bad("no brokers"));
         }
-        let mut cfg = Self::new(brokers);
+        let mut cfg = Self::new(brokers, spool_dir);
         if !topic.is_empty() {
             if topic.contains('/') {
                 return Err(bad("topic must not contain '/'"));
@@ -146,8 +146,6 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result
     Ok(())
 }
 
-type Ack = oneshot::Sender<Result<()>>;
-
 /// Whether retrying a failed send can never help (the event itself is unacceptable).
 /// Everything else (timeouts, broker or network down, leader changes) is transient.
 pub fn is_permanent(e: &KafkaError) -> bool {
@@ -164,24 +162,28 @@ pub fn is_permanent(e: &KafkaError) -> bool {
     )
 }
 
-const REJECTED: &str = "spool.rejected";
-
-struct Inner {
-    /// Replaced when the broker rejects the producer's idempotence state (see `drain_task`).
+/// The outbox's delivery target: sends batches to the topic with an idempotent producer.
+pub struct KafkaDelivery {
+    /// Replaced after a failed send (see the module documentation).
     producer: RwLock<Arc<FutureProducer>>,
     config: KafkaSinkConfig,
-    topic: String,
-    message_timeout: Duration,
-    spool: Arc<Mutex<Spool>>,
-    /// True while the spool holds undelivered events; new events then queue behind them.
-    spooling: AtomicBool,
-    /// Wakes the drain task.
-    wake: Notify,
-    /// Group-commit queue for spool appends.
-    append_tx: mpsc::Sender<(Vec<u8>, Ack)>,
 }
 
-impl Inner {
+#[derive(serde::Deserialize)]
+struct KeyOnly<'a> {
+    #[serde(borrow)]
+    user_id: std::borrow::Cow<'a, str>,
+}
+
+impl KafkaDelivery {
+    /// A producer for `config`; nothing is sent yet.
+    pub fn new(config: KafkaSinkConfig) -> Result<Self> {
+        Ok(Self {
+            producer: RwLock::new(Arc::new(create_producer(&config)?)),
+            config,
+        })
+    }
+
     fn producer(&self) -> Arc<FutureProducer> {
         self.producer
             .read()
@@ -209,44 +211,70 @@ impl Inner {
     }
 }
 
-/// See the module documentation.
-pub struct KafkaSink {
-    inner: Arc<Inner>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
+#[async_trait]
+impl Deliver for KafkaDelivery {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
 
-impl std::fmt::Debug for KafkaSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSink")
-            .field("topic", &self.inner.topic)
-            .field("spooling", &self.inner.spooling.load(Ordering::Relaxed))
-            .finish()
+    async fn deliver(&self, records: &[SpoolRecord]) -> Delivery {
+        let producer = self.producer();
+        let sends = records.iter().map(|r| {
+            let key = serde_json::from_slice::<KeyOnly<'_>>(&r.payload)
+                .map(|k| k.user_id.into_owned())
+                .unwrap_or_default();
+            let producer = producer.clone();
+            async move {
+                producer
+                    .send(
+                        FutureRecord::to(&self.config.topic)
+                            .key(&key)
+                            .payload(&r.payload),
+                        Timeout::After(self.config.message_timeout),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+        });
+        let results = futures::future::join_all(sends).await;
+        // Settle the acknowledged prefix only, so order is kept; a later success after a
+        // failure is sent again (a duplicate that consumers drop by event_id). Events the
+        // broker refuses for good are settled too, and kept aside for an operator.
+        let settled = results
+            .iter()
+            .take_while(|r| r.as_ref().map_or_else(is_permanent, |_| true))
+            .count();
+        let rejected = (0..settled).filter(|&i| results[i].is_err()).collect();
+        let error = match results.get(settled) {
+            Some(Err(e)) => {
+                self.reset_producer_after(&producer);
+                Some(HistoryError::Kafka(e.clone()))
+            }
+            _ => None,
+        };
+        Delivery {
+            settled,
+            rejected,
+            error,
+        }
     }
 }
 
-#[derive(serde::Deserialize)]
-struct KeyOnly<'a> {
-    #[serde(borrow)]
-    user_id: std::borrow::Cow<'a, str>,
+/// The Kafka history sink: see the module documentation.
+#[derive(Debug)]
+pub struct KafkaSink {
+    outbox: Outbox<KafkaDelivery>,
 }
 
 impl KafkaSink {
-    /// Opens the spool (replaying whatever an earlier process left there), creates the
-    /// producer and, if the broker is reachable, the topic. Must run inside a Tokio runtime.
+    /// Opens (and locks) the spool, replaying whatever an earlier process left there,
+    /// creates the producer and, if the broker answers in time, the topic. Must run inside
+    /// a Tokio runtime.
     pub async fn new(cfg: KafkaSinkConfig) -> Result<Self> {
-        let dir = cfg.spool_dir.clone();
-        let spool = tokio::task::spawn_blocking(move || Spool::open(dir))
-            .await
-            .expect("spool open task panicked")?;
-        let pending = !spool.is_empty();
-        if pending {
-            tracing::info!(
-                dir = %cfg.spool_dir.display(),
-                bytes = spool.pending_bytes(),
-                "replaying spooled history events"
-            );
-        }
-        let producer = Arc::new(create_producer(&cfg)?);
+        let mut outbox = OutboxConfig::new(&cfg.spool_dir);
+        outbox.max_bytes = cfg.spool_max_bytes;
+        let delivery = KafkaDelivery::new(cfg.clone())?;
+        let outbox = Outbox::open(delivery, outbox).await?;
         // Best effort, bounded: a broker that is down must not stop the sink from starting.
         let ensure = ensure_topic(&cfg.brokers, &cfg.topic, cfg.partitions);
         match tokio::time::timeout(cfg.message_timeout, ensure).await {
@@ -258,224 +286,18 @@ impl KafkaSink {
                 tracing::warn!(topic = %cfg.topic, "broker did not answer CreateTopics in time")
             }
         }
-        let (append_tx, append_rx) = mpsc::channel(16_384);
-        let inner = Arc::new(Inner {
-            producer: RwLock::new(producer),
-            config: cfg.clone(),
-            topic: cfg.topic,
-            message_timeout: cfg.message_timeout,
-            spool: Arc::new(Mutex::new(spool)),
-            spooling: AtomicBool::new(pending),
-            wake: Notify::new(),
-            append_tx,
-        });
-        let tasks = vec![
-            tokio::spawn(append_task(inner.clone(), append_rx)),
-            tokio::spawn(drain_task(inner.clone())),
-        ];
-        Ok(Self { inner, tasks })
+        Ok(Self { outbox })
     }
 
-    /// Whether events are currently queued in the spool.
-    pub fn is_spooling(&self) -> bool {
-        self.inner.spooling.load(Ordering::SeqCst)
+    /// Events spooled but not yet acknowledged by the broker.
+    pub fn pending_events(&self) -> u64 {
+        self.outbox.pending_events()
     }
 
-    /// Waits up to `timeout` for the spool to drain and the producer queue to empty.
+    /// Waits up to `timeout` until every event recorded so far is acknowledged by the broker.
     pub async fn flush_timeout(&self, timeout: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if !self.is_spooling() && self.inner.producer().in_flight_count() == 0 {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(HistoryError::FlushTimeout(timeout));
-            }
-            self.inner.wake.notify_one();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.outbox.flush_timeout(timeout).await
     }
-
-    async fn spool(&self, payload: Vec<u8>) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .append_tx
-            .send((payload, tx))
-            .await
-            .map_err(|_| spool_gone())?;
-        rx.await.map_err(|_| spool_gone())?
-    }
-}
-
-fn spool_gone() -> HistoryError {
-    HistoryError::io(
-        "history-spool",
-        std::io::Error::other("the spool task has stopped"),
-    )
-}
-
-impl Drop for KafkaSink {
-    fn drop(&mut self) {
-        // Anything still spooled stays on disk and is replayed by the next KafkaSink.
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-/// Appends queued payloads in batches with one fsync per batch (group commit).
-async fn append_task(inner: Arc<Inner>, mut rx: mpsc::Receiver<(Vec<u8>, Ack)>) {
-    let mut batch: Vec<(Vec<u8>, Ack)> = Vec::new();
-    while rx.recv_many(&mut batch, 4096).await > 0 {
-        let payloads: Vec<Vec<u8>> = batch.iter_mut().map(|(p, _)| std::mem::take(p)).collect();
-        let spool = inner.spool.clone();
-        let inner2 = inner.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let mut s = spool.lock().expect("spool lock poisoned");
-            s.append(payloads.iter().map(Vec::as_slice))?;
-            // Set while holding the lock so the drain task cannot miss these records.
-            inner2.spooling.store(true, Ordering::SeqCst);
-            Ok::<_, HistoryError>(payloads.len())
-        })
-        .await
-        .unwrap_or_else(|e| Err(HistoryError::io("history-spool", std::io::Error::other(e))));
-        match res {
-            Ok(n) => {
-                tracing::debug!(events = n, "spooled history events");
-                inner.wake.notify_one();
-                for (_, ack) in batch.drain(..) {
-                    let _ = ack.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "could not append to the history spool");
-                let msg = e.to_string();
-                for (_, ack) in batch.drain(..) {
-                    let _ = ack.send(Err(HistoryError::io(
-                        "history-spool",
-                        std::io::Error::other(msg.clone()),
-                    )));
-                }
-            }
-        }
-    }
-}
-
-/// Sends spooled events in order, advancing the durable cursor after each acknowledged run.
-async fn drain_task(inner: Arc<Inner>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if !inner.spooling.load(Ordering::SeqCst) {
-            // Re-check periodically in case a wake-up raced with the flag.
-            let _ = tokio::time::timeout(Duration::from_secs(1), inner.wake.notified()).await;
-            continue;
-        }
-        match drain_once(&inner).await {
-            Ok(None) => backoff = Duration::from_millis(100),
-            Ok(Some(_)) => {
-                tracing::debug!(?backoff, "broker still unreachable; spool retained");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "history spool drain failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-}
-
-/// Sends one batch; `Ok(None)` if it all went through, else the first send error.
-async fn drain_once(inner: &Arc<Inner>) -> Result<Option<KafkaError>> {
-    let spool = inner.spool.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        spool
-            .lock()
-            .expect("spool lock poisoned")
-            .read_pending(1000)
-    })
-    .await
-    .expect("spool read task panicked")?;
-    if records.is_empty() {
-        return Ok(None);
-    }
-    let producer = inner.producer();
-    let sends = records.iter().map(|r| {
-        let key = serde_json::from_slice::<KeyOnly<'_>>(&r.payload)
-            .map(|k| k.user_id.into_owned())
-            .unwrap_or_default();
-        let producer = producer.clone();
-        let topic = &inner.topic;
-        async move {
-            producer
-                .send(
-                    FutureRecord::to(topic).key(&key).payload(&r.payload),
-                    Timeout::After(inner.message_timeout),
-                )
-                .await
-                .map_err(|(e, _)| e)
-        }
-    });
-    let results = futures::future::join_all(sends).await;
-    // Advance over the settled prefix only, so order is kept; a later success after a
-    // failure is sent again (a duplicate that consumers drop by event_id). Events the broker
-    // refuses for good are settled too: they move to `spool.rejected` for an operator.
-    let ok = results
-        .iter()
-        .take_while(|r| match r {
-            Ok(_) => true,
-            Err(e) => is_permanent(e),
-        })
-        .count();
-    let first_error = match results.get(ok) {
-        Some(Err(e)) => {
-            tracing::warn!(error = %e, sent = ok, pending = records.len() - ok, "spool drain interrupted");
-            inner.reset_producer_after(&producer);
-            Some(e.clone())
-        }
-        _ => None,
-    };
-    let rejected: Vec<Vec<u8>> = records[..ok]
-        .iter()
-        .zip(&results)
-        .filter(|(_, r)| r.is_err())
-        .map(|(rec, _)| rec.payload.clone())
-        .collect();
-    if ok > 0 {
-        let end = records[ok - 1].end;
-        let spool = inner.spool.clone();
-        let inner2 = inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut s = spool.lock().expect("spool lock poisoned");
-            if !rejected.is_empty() {
-                tracing::error!(
-                    events = rejected.len(),
-                    "broker refused spooled events for good; see {REJECTED}"
-                );
-                let path = s.dir().join(REJECTED);
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| HistoryError::io(&path, e))?;
-                for p in &rejected {
-                    std::io::Write::write_all(&mut f, p)
-                        .and_then(|()| std::io::Write::write_all(&mut f, b"\n"))
-                        .map_err(|e| HistoryError::io(&path, e))?;
-                }
-                f.sync_all().map_err(|e| HistoryError::io(&path, e))?;
-            }
-            s.advance(end)?;
-            if s.is_empty() {
-                inner2.spooling.store(false, Ordering::SeqCst);
-                tracing::info!("history spool drained");
-            }
-            Ok::<_, HistoryError>(())
-        })
-        .await
-        .expect("spool advance task panicked")?;
-    }
-    Ok(first_error)
 }
 
 #[async_trait]
@@ -485,33 +307,15 @@ impl HistorySink for KafkaSink {
     }
 
     async fn record(&self, event: &HistoryEvent) -> Result<()> {
-        event.validate()?;
-        let payload = event.to_json()?;
-        if self.is_spooling() {
-            return self.spool(payload).await;
-        }
-        let producer = self.inner.producer();
-        let res = producer
-            .send(
-                FutureRecord::to(&self.inner.topic)
-                    .key(&event.user_id)
-                    .payload(&payload),
-                Timeout::After(self.inner.message_timeout),
-            )
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err((e, _)) if is_permanent(&e) => Err(e.into()),
-            Err((e, _)) => {
-                tracing::warn!(error = %e, event_id = %event.event_id, "broker unavailable; spooling event");
-                self.inner.reset_producer_after(&producer);
-                self.spool(payload).await
-            }
-        }
+        self.outbox.record(event).await
     }
 
     async fn flush(&self) -> Result<()> {
-        self.flush_timeout(Duration::from_secs(60)).await
+        self.outbox.flush().await
+    }
+
+    fn spool_stats(&self) -> Vec<SpoolStats> {
+        self.outbox.spool_stats()
     }
 }
 
@@ -521,13 +325,16 @@ mod tests {
 
     #[test]
     fn url_parsing() {
-        let c = KafkaSinkConfig::from_url("kafka://a:1,b:2/t?spool=/x/y&timeout_ms=250").unwrap();
+        let d = Path::new("/data/spool");
+        let c =
+            KafkaSinkConfig::from_url("kafka://a:1,b:2/t?spool=/x/y&timeout_ms=250", d).unwrap();
         assert_eq!(c.brokers, "a:1,b:2");
         assert_eq!(c.topic, "t");
         assert_eq!(c.spool_dir, PathBuf::from("/x/y"));
         assert_eq!(c.message_timeout, Duration::from_millis(250));
-        let c = KafkaSinkConfig::from_url("kafka://a:1").unwrap();
+        let c = KafkaSinkConfig::from_url("kafka://a:1", d).unwrap();
         assert_eq!(c.topic, DEFAULT_TOPIC);
+        assert_eq!(c.spool_dir, d);
         for bad in [
             "kafka://",
             "kafka:///t",
@@ -535,7 +342,7 @@ mod tests {
             "kafka://a/t?x=1",
             "http://a",
         ] {
-            assert!(KafkaSinkConfig::from_url(bad).is_err(), "{bad}");
+            assert!(KafkaSinkConfig::from_url(bad, d).is_err(), "{bad}");
         }
     }
 }

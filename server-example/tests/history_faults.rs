@@ -1,0 +1,549 @@
+//! History through the processes an operator runs, with faults injected: the
+//! `server-example` binary, tansu on durable `sqlite://` storage, the `history-service`
+//! binary and MariaDB. Kill the broker, the server or the database; every accepted request
+//! still ends up as exactly one history row.
+//!
+//! The tests run one at a time: the broker test compares request latencies, which other
+//! tests' servers on the same two cores would disturb.
+#![cfg(all(feature = "kafka", feature = "mysql"))]
+
+mod common;
+#[path = "../../history-sink/tests/common/mod.rs"]
+mod services;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{form, metric, small_pair, tiny_model};
+use services::{free_port, skip_services, Storage, Tansu, TestDb};
+use sqlx::{Connection, MySqlConnection};
+
+/// Serialises the tests of this file (see the module documentation).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TOPIC: &str = "image-history";
+
+/// `history-service`, built by the same `cargo test --workspace` next to this test.
+fn history_service_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("history-service");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it with `cargo build -p history-sink --features service` (or run \
+         `cargo test --workspace --all-features`)",
+        bin.display()
+    );
+    bin
+}
+
+/// The `server-example` binary on a data dir of its own, on a free port.
+struct Server {
+    child: Child,
+    url: String,
+    data_dir: PathBuf,
+    args: Vec<String>,
+    client: reqwest::Client,
+}
+
+impl Server {
+    async fn start(data_dir: &Path, args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut s = Self {
+            child: Command::new("true").spawn().unwrap(),
+            url: String::new(),
+            data_dir: data_dir.to_owned(),
+            args,
+            client: reqwest::Client::new(),
+        };
+        s.restart().await;
+        s
+    }
+
+    /// Starts the process (again, on the same data dir) and waits until it is ready.
+    async fn restart(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_server-example"))
+            .args(["--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data_dir)
+            .arg("--model")
+            .arg(tiny_model())
+            .args(["--ensemble", "single"])
+            .args(&self.args)
+            .env("RUST_LOG", "warn,history_sink=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).unwrap();
+            line
+        })
+        .await
+        .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("server-example listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        self.url = addr.trim_end_matches('/').to_owned();
+        self.child = child;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.readyz().await.is_none() {
+            assert!(Instant::now() < deadline, "server not ready after 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn readyz(&self) -> Option<serde_json::Value> {
+        let r = self
+            .client
+            .get(format!("{}/readyz", self.url))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())?;
+        r.json().await.ok()
+    }
+
+    /// One inpaint request: its event id and how long it took.
+    async fn inpaint(&self, user: &str) -> (uuid::Uuid, Duration) {
+        let (img, mask) = small_pair();
+        let start = Instant::now();
+        let r = self
+            .client
+            .post(format!("{}/api/v1/inpaint", self.url))
+            .multipart(form(img, mask).text("user_id", user.to_owned()))
+            .send()
+            .await
+            .unwrap();
+        let took = start.elapsed();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let id = r.headers()["x-event-id"].to_str().unwrap().parse().unwrap();
+        r.bytes().await.unwrap();
+        (id, took)
+    }
+
+    async fn metrics(&self) -> String {
+        let r = self.client.get(format!("{}/metrics", self.url)).send();
+        r.await.unwrap().text().await.unwrap()
+    }
+
+    /// Waits until `/readyz` reports the sink as spooling (a delivery attempt has failed).
+    async fn wait_spooling(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let body = self.readyz().await.expect("ready during the outage");
+            if body["history"]["sinks"][0]["status"] == "spooling" {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readyz never said the sink was spooling: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown hook runs.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `history-service` binary: Kafka consumer group into MySQL.
+struct HistoryService(Child);
+
+impl HistoryService {
+    fn start(brokers: &str, mysql: &str, log: &Path) -> Self {
+        let log = std::fs::File::create(log).unwrap();
+        let child = Command::new(history_service_binary())
+            .args(["--brokers", brokers, "--topic", TOPIC, "--mysql", mysql])
+            .args(["--group", &format!("faults-{:08x}", rand::random::<u32>())])
+            .args(["--retry-max-ms", "500"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    fn assert_running(&mut self) {
+        assert!(
+            self.0.try_wait().unwrap().is_none(),
+            "history-service exited"
+        );
+    }
+}
+
+impl Drop for HistoryService {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A MariaDB server of the test's own, on its own port and data folder, that it can kill.
+struct OwnMariaDb {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnMariaDb {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mariadb-install-db")
+            .arg(format!("--datadir={}", dir.path().join("data").display()))
+            .args(["--user=root", "--auth-root-authentication-method=normal"])
+            .args(["--skip-test-db", "--skip-name-resolve"])
+            .output()
+            .expect("mariadb-install-db (Debian's mariadb-server) is needed");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut db = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        db.restart().await;
+        let mut conn = MySqlConnection::connect(&db.base_url()).await.unwrap();
+        sqlx::raw_sql("CREATE DATABASE history")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        db
+    }
+
+    fn base_url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self) -> String {
+        format!("{}/history", self.base_url())
+    }
+
+    async fn restart(&mut self) {
+        assert!(self.child.is_none(), "MariaDB already running");
+        let d = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("mariadbd.log"))
+            .unwrap();
+        let child = Command::new("/usr/sbin/mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", d.join("data").display()))
+            .arg(format!("--socket={}", d.join("mysqld.sock").display()))
+            .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
+            .arg(format!("--port={}", self.port))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--skip-grant-tables",
+            ])
+            .args(["--skip-log-bin", "--innodb-buffer-pool-size=32M"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while MySqlConnection::connect(&self.base_url()).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "MariaDB on {} not up after 60 s:\n{}",
+                self.port,
+                std::fs::read_to_string(d.join("mariadbd.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL, mid-whatever.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnMariaDb {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Event ids in `history_events` at `url`; empty while the database or table is missing.
+async fn stored_ids(url: &str) -> Vec<uuid::Uuid> {
+    let Ok(mut conn) = MySqlConnection::connect(url).await else {
+        return Vec::new();
+    };
+    let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT event_id FROM history_events")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+    rows.iter()
+        .map(|b| uuid::Uuid::from_slice(b).unwrap())
+        .collect()
+}
+
+/// Waits until `url` holds a row for every id in `want`, then checks that it holds exactly
+/// those rows, once each.
+async fn assert_exactly_once(url: &str, want: &HashSet<uuid::Uuid>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut rows = stored_ids(url).await;
+    while rows.len() < want.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rows = stored_ids(url).await;
+    }
+    // A moment more, so that a duplicate on its way would show.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rows = stored_ids(url).await;
+    let distinct: HashSet<uuid::Uuid> = rows.iter().copied().collect();
+    assert_eq!(distinct.len(), rows.len(), "an event was stored twice");
+    let missing: Vec<_> = want.difference(&distinct).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} events never arrived: {missing:?}",
+        missing.len(),
+        want.len()
+    );
+    assert_eq!(&distinct, want, "rows that no request made");
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_loses_nothing_and_slows_nothing() {
+    if skip_services("a_broker_outage_loses_nothing_and_slows_nothing") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut tansu = Tansu::start(Storage::Sqlite).await;
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let kafka = format!("kafka://{}/{TOPIC}", tansu.brokers());
+    let server = Server::start(data.path(), &["--history", &kafka]).await;
+    let mut service =
+        HistoryService::start(&tansu.brokers(), &db.url(), &data.path().join("hs.log"));
+
+    let mut ids = HashSet::new();
+    ids.insert(server.inpaint("warm-up").await.0);
+    let mut up = Vec::new();
+    for i in 0..10 {
+        let (id, took) = server.inpaint(&format!("user-{i}")).await;
+        ids.insert(id);
+        up.push(took);
+    }
+    tansu.kill();
+    let mut down = Vec::new();
+    for i in 0..10 {
+        let (id, took) = server.inpaint(&format!("user-{i}")).await;
+        ids.insert(id);
+        down.push(took);
+    }
+    let ready = server.wait_spooling().await;
+    let sink = &ready["history"]["sinks"][0];
+    assert_eq!(sink["sink"], "kafka");
+    assert!(
+        sink["message"]
+            .as_str()
+            .unwrap()
+            .contains("delivered when it is back"),
+        "{ready}"
+    );
+    assert!(sink["pending_events"].as_u64().unwrap() >= 10, "{ready}");
+    let text = server.metrics().await;
+    assert!(
+        metric(&text, "history_spool_events{sink=\"kafka\"}") >= 10.0,
+        "{text}"
+    );
+    assert!(metric(&text, "history_delivery_failures_total{sink=\"kafka\"}") >= 1.0);
+    assert!(metric(&text, "history_spool_oldest_age_seconds{sink=\"kafka\"}") > 0.0);
+    assert_eq!(metric(&text, "history_delivery_up{sink=\"kafka\"}"), 0.0);
+
+    tansu.restart().await;
+    assert_exactly_once(&db.url(), &ids, Duration::from_secs(120)).await;
+    service.assert_running();
+    let text = server.metrics().await;
+    assert_eq!(
+        metric(&text, "history_spool_events{sink=\"kafka\"}"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "history_delivery_up{sink=\"kafka\"}"), 1.0);
+
+    let (up, down) = (median(up), median(down));
+    assert!(
+        down <= up + Duration::from_millis(500),
+        "median latency {down:?} with the broker down against {up:?} with it up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_delivers_its_spool_when_restarted() {
+    if skip_services("a_killed_server_delivers_its_spool_when_restarted") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut tansu = Tansu::start(Storage::Sqlite).await;
+    let db = TestDb::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let kafka = format!("kafka://{}/{TOPIC}", tansu.brokers());
+    let mut server = Server::start(data.path(), &["--history", &kafka]).await;
+    let _service = HistoryService::start(&tansu.brokers(), &db.url(), &data.path().join("hs.log"));
+
+    let mut ids = HashSet::new();
+    ids.insert(server.inpaint("before").await.0);
+    tansu.kill();
+    for i in 0..8 {
+        ids.insert(server.inpaint(&format!("user-{i}")).await.0);
+    }
+    let ready = server.readyz().await.unwrap();
+    assert!(
+        ready["history"]["sinks"][0]["pending_events"]
+            .as_u64()
+            .unwrap()
+            >= 8,
+        "{ready}"
+    );
+    // The spool is under the data dir, not the working directory.
+    assert!(data.path().join("history-spool").is_dir());
+    server.kill();
+
+    tansu.restart().await;
+    server.restart().await;
+    assert_exactly_once(&db.url(), &ids, Duration::from_secs(120)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_outage_under_history_service_loses_nothing() {
+    if skip_services("a_mysql_outage_under_history_service_loses_nothing") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut mysql = OwnMariaDb::start().await;
+    let tansu = Tansu::start(Storage::Sqlite).await;
+    let data = tempfile::tempdir().unwrap();
+    let kafka = format!("kafka://{}/{TOPIC}", tansu.brokers());
+    let server = Server::start(data.path(), &["--history", &kafka]).await;
+    let mut service =
+        HistoryService::start(&tansu.brokers(), &mysql.url(), &data.path().join("hs.log"));
+
+    let mut ids = HashSet::new();
+    for i in 0..10 {
+        ids.insert(server.inpaint(&format!("user-{i}")).await.0);
+    }
+    assert_exactly_once(&mysql.url(), &ids, Duration::from_secs(60)).await;
+    mysql.kill();
+    for i in 0..10 {
+        ids.insert(server.inpaint(&format!("user-{i}")).await.0);
+    }
+    // Long enough for several failed writes and for a crash-looping service to show.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    service.assert_running();
+    mysql.restart().await;
+    assert_exactly_once(&mysql.url(), &ids, Duration::from_secs(90)).await;
+    service.assert_running();
+    let log = std::fs::read_to_string(data.path().join("hs.log")).unwrap();
+    assert!(log.contains("MySQL write failed; retrying"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_history_outage_loses_nothing() {
+    if skip_services("a_mysql_history_outage_loses_nothing") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut mysql = OwnMariaDb::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &["--history", &mysql.url()]).await;
+
+    let mut ids = HashSet::new();
+    for i in 0..5 {
+        ids.insert(server.inpaint(&format!("user-{i}")).await.0);
+    }
+    assert_exactly_once(&mysql.url(), &ids, Duration::from_secs(60)).await;
+    mysql.kill();
+    for i in 0..10 {
+        ids.insert(server.inpaint(&format!("user-{i}")).await.0);
+    }
+    let ready = server.wait_spooling().await;
+    assert_eq!(ready["history"]["sinks"][0]["sink"], "mysql", "{ready}");
+    // History reads need the database; they fail with an error that says so.
+    let r = server
+        .client
+        .get(format!("{}/api/v1/history?user_id=user-1", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_server_error(), "{}", r.status());
+    mysql.restart().await;
+    assert_exactly_once(&mysql.url(), &ids, Duration::from_secs(90)).await;
+    let page: serde_json::Value = server
+        .client
+        .get(format!("{}/api/v1/history?user_id=user-1", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(2), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_drops_and_counts_and_keeps_serving() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let data = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: every event stays in the spool, which holds about six.
+    let server = Server::start(
+        data.path(),
+        &[
+            "--history",
+            "kafka://127.0.0.1:1/t",
+            "--history-spool-max-mb",
+            "0.004",
+        ],
+    )
+    .await;
+    for i in 0..15 {
+        server.inpaint(&format!("user-{i}")).await;
+    }
+    let text = server.metrics().await;
+    let dropped = metric(&text, "history_dropped_total{sink=\"kafka\"}");
+    let spooled = metric(&text, "history_spool_events{sink=\"kafka\"}");
+    assert!(dropped >= 1.0 && spooled >= 1.0, "{text}");
+    assert_eq!(dropped + spooled, 15.0, "{text}");
+    assert!(metric(&text, "history_spool_bytes{sink=\"kafka\"}") <= 0.004 * 1024.0 * 1024.0);
+    assert_eq!(metric(&text, "history_record_failures_total"), dropped);
+    let ready = server.readyz().await.expect("still ready");
+    assert_eq!(
+        ready["history"]["sinks"][0]["dropped"], dropped as u64,
+        "{ready}"
+    );
+}
