@@ -45,7 +45,7 @@ fn history_service_binary() -> PathBuf {
 
 /// The `server-example` binary on a data dir of its own, on a free port.
 struct Server {
-    child: Child,
+    child: Option<Child>,
     url: String,
     data_dir: PathBuf,
     args: Vec<String>,
@@ -56,7 +56,7 @@ impl Server {
     async fn start(data_dir: &Path, args: &[&str]) -> Self {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut s = Self {
-            child: Command::new("true").spawn().unwrap(),
+            child: None,
             url: String::new(),
             data_dir: data_dir.to_owned(),
             args,
@@ -68,6 +68,7 @@ impl Server {
 
     /// Starts the process (again, on the same data dir) and waits until it is ready.
     async fn restart(&mut self) {
+        assert!(self.child.is_none(), "server already running");
         let mut child = Command::new(env!("CARGO_BIN_EXE_server-example"))
             .args(["--bind", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
@@ -93,7 +94,7 @@ impl Server {
             .strip_prefix("server-example listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         self.url = addr.trim_end_matches('/').to_owned();
-        self.child = child;
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.readyz().await.is_none() {
             assert!(Instant::now() < deadline, "server not ready after 60 s");
@@ -153,8 +154,10 @@ impl Server {
 
     /// SIGKILL: no shutdown hook runs.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -208,7 +211,9 @@ struct OwnMariaDb {
 impl OwnMariaDb {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // --no-defaults first: the system's my.cnf names another user and data folder.
         let out = Command::new("mariadb-install-db")
+            .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.path().join("data").display()))
             .args(["--user=root", "--auth-root-authentication-method=normal"])
             .args(["--skip-test-db", "--skip-name-resolve"])
@@ -463,8 +468,9 @@ async fn a_mysql_outage_under_history_service_loses_nothing() {
     for i in 0..10 {
         ids.insert(server.inpaint(&format!("user-{i}")).await.0);
     }
-    // Long enough for several failed writes and for a crash-looping service to show.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Longer than a connection attempt may wait (10 s), so writes fail and are retried, and
+    // a crash-looping service would show.
+    tokio::time::sleep(Duration::from_secs(15)).await;
     service.assert_running();
     mysql.restart().await;
     assert_exactly_once(&mysql.url(), &ids, Duration::from_secs(90)).await;
@@ -546,4 +552,17 @@ async fn a_full_spool_drops_and_counts_and_keeps_serving() {
         ready["history"]["sinks"][0]["dropped"], dropped as u64,
         "{ready}"
     );
+
+    // A second server on the same data dir would share the spool; it refuses to start.
+    let out = Command::new(env!("CARGO_BIN_EXE_server-example"))
+        .args(["--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .arg("--model")
+        .arg(tiny_model())
+        .args(["--history", "kafka://127.0.0.1:1/t"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("is in use by another process"), "{stderr}");
 }
