@@ -16,9 +16,8 @@ use std::str::FromStr;
 use image::RgbImage;
 
 use crate::error::{Error, Result};
-use crate::eval::TELEA_RADIUS;
 use crate::masks::HoleMask;
-use crate::telea::inpaint_telea_within;
+use crate::telea::{inpaint_telea_within, TELEA_RADIUS};
 
 /// Where Telea's share of the fill reaches zero, in pixels from the nearest known pixel.
 /// Chosen on stroke masks over the first 12 validation photos (4, 6, 8, 12 and 16 were

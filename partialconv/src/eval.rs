@@ -8,13 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Model;
 use crate::error::Result;
-use crate::inpainter::composite;
+use crate::imaging::{composite, scale_short_side};
 use crate::masks::{HoleGenerator, HoleMask, RATIO_BUCKETS};
-use crate::train::scale_short_side;
 use crate::{metrics, telea};
 
-/// Telea's neighbourhood radius, as in `cv2.inpaint(img, mask, 4, cv2.INPAINT_TELEA)`.
-pub const TELEA_RADIUS: f32 = 4.0;
+pub use crate::telea::TELEA_RADIUS;
 
 /// Mean metrics over the masks of one hole-ratio bucket.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]

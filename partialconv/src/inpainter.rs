@@ -8,11 +8,15 @@ use image::{imageops, DynamicImage, GenericImageView, RgbImage, RgbaImage};
 use tch::{Device, Kind, Tensor};
 
 use crate::blend::{telea_blend, Blend};
-use crate::checkpoint::{Model, Normalization};
+use crate::checkpoint::{denormalize, normalize, Model};
 use crate::ensemble::SelfEnsemble;
 use crate::error::{Error, Result};
+use crate::imaging::{image_to_tensor, tensor_to_image, valid_tensor};
 use crate::layer::Mask;
 use crate::masks::{merge_overlapping, HoleMask, Rect};
+
+// Kept at its old path, which benches and tests use.
+pub use crate::imaging::composite;
 
 /// Environment variable naming a model file to use instead of the bundled one.
 pub const MODEL_ENV: &str = "PARTIALCONV_MODEL";
@@ -370,17 +374,6 @@ fn check_mask_size(w: u32, h: u32, mask: &HoleMask) -> Result<()> {
     Ok(())
 }
 
-/// Original pixels outside the hole, `filled` inside.
-pub fn composite(original: &RgbImage, filled: &RgbImage, mask: &HoleMask) -> RgbImage {
-    let mut out = original.clone();
-    for ((o, f), &hole) in out.pixels_mut().zip(filled.pixels()).zip(mask.as_slice()) {
-        if hole {
-            *o = *f;
-        }
-    }
-    out
-}
-
 /// Restores the input's alpha channel, if it had one.
 fn finish(input: &DynamicImage, rgb: RgbImage) -> DynamicImage {
     if !input.color().has_alpha() {
@@ -392,56 +385,6 @@ fn finish(input: &DynamicImage, rgb: RgbImage) -> DynamicImage {
         image::Rgba([r, g, b, alpha.get_pixel(x, y)[3]])
     });
     DynamicImage::ImageRgba8(rgba)
-}
-
-/// `3×H×W` floats in `[0, 1]`.
-pub fn image_to_tensor(img: &RgbImage) -> Tensor {
-    let (w, h) = img.dimensions();
-    Tensor::from_slice(img.as_raw())
-        .view([h as i64, w as i64, 3])
-        .permute([2, 0, 1])
-        .to_kind(Kind::Float)
-        / 255.0
-}
-
-/// `1×H×W`, 1 where valid.
-pub fn valid_tensor(mask: &HoleMask) -> Tensor {
-    let valid: Vec<f32> = mask
-        .as_slice()
-        .iter()
-        .map(|&hole| if hole { 0.0 } else { 1.0 })
-        .collect();
-    Tensor::from_slice(&valid).view([1, mask.height() as i64, mask.width() as i64])
-}
-
-/// `3×H×W` uint8 to an image.
-fn tensor_to_image(t: &Tensor) -> Result<RgbImage> {
-    let (h, w) = (t.size()[1], t.size()[2]);
-    let hwc = t.permute([1, 2, 0]).contiguous();
-    let mut buf = vec![0u8; (h * w * 3) as usize];
-    let numel = buf.len();
-    hwc.f_copy_data_u8(&mut buf, numel)?;
-    Ok(RgbImage::from_raw(w as u32, h as u32, buf).expect("buffer matches dimensions"))
-}
-
-fn channel_stats(norm: &Normalization, device: Device) -> (Tensor, Tensor) {
-    let mean = Tensor::from_slice(&norm.mean)
-        .view([1, 3, 1, 1])
-        .to_device(device);
-    let std = Tensor::from_slice(&norm.std)
-        .view([1, 3, 1, 1])
-        .to_device(device);
-    (mean, std)
-}
-
-pub fn normalize(x: &Tensor, norm: &Normalization) -> Tensor {
-    let (mean, std) = channel_stats(norm, x.device());
-    (x - mean) / std
-}
-
-pub fn denormalize(x: &Tensor, norm: &Normalization) -> Tensor {
-    let (mean, std) = channel_stats(norm, x.device());
-    x * std + mean
 }
 
 /// Reflect-pads the bottom and right of `N×C×H×W` up to a multiple of `multiple`. Images

@@ -19,6 +19,7 @@ pub mod checkpoint;
 pub mod ensemble;
 pub mod error;
 pub mod eval;
+pub mod imaging;
 pub mod inpainter;
 pub mod io;
 pub mod layer;

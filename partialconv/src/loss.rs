@@ -4,8 +4,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::checkpoint::Normalization;
-use crate::inpainter::denormalize;
+use crate::checkpoint::{denormalize, Normalization};
 use crate::vgg::Vgg19Features;
 
 /// Weights of the loss terms.

@@ -17,10 +17,10 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::{write_atomic, Model, ModelMeta, Storage};
+use crate::checkpoint::{normalize, write_atomic, Model, ModelMeta, Storage};
 use crate::error::{Error, Result};
 use crate::eval::{eval_crop, eval_masks, evaluate_model, ValReport};
-use crate::inpainter::{composite, image_to_tensor, normalize, valid_tensor};
+use crate::imaging::{composite, image_to_tensor, scale_short_side, valid_tensor};
 use crate::layer::Mask;
 use crate::loss::{InpaintingLoss, LossWeights};
 use crate::masks::{HoleGenerator, HoleMask, Rng, RATIO_BUCKETS};
@@ -223,21 +223,6 @@ impl Adam {
 struct Photos {
     images: Vec<RgbImage>,
     skipped: usize,
-}
-
-/// Scales so the short side is `side` (never upscaling past it), keeping the aspect.
-pub(crate) fn scale_short_side(img: &RgbImage, side: u32) -> RgbImage {
-    let (w, h) = img.dimensions();
-    let short = w.min(h);
-    if short == side {
-        return img.clone();
-    }
-    let s = side as f64 / short as f64;
-    let (nw, nh) = (
-        ((w as f64 * s).round() as u32).max(side),
-        ((h as f64 * s).round() as u32).max(side),
-    );
-    imageops::resize(img, nw, nh, imageops::FilterType::Lanczos3)
 }
 
 fn load_photos(paths: &[PathBuf], side: u32) -> Photos {

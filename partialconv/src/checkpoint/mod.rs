@@ -40,6 +40,28 @@ impl Default for Normalization {
     }
 }
 
+fn channel_stats(norm: &Normalization, device: Device) -> (Tensor, Tensor) {
+    let mean = Tensor::from_slice(&norm.mean)
+        .view([1, 3, 1, 1])
+        .to_device(device);
+    let std = Tensor::from_slice(&norm.std)
+        .view([1, 3, 1, 1])
+        .to_device(device);
+    (mean, std)
+}
+
+/// RGB in `[0, 1]` (`N×3×H×W`) to the network's input space.
+pub fn normalize(x: &Tensor, norm: &Normalization) -> Tensor {
+    let (mean, std) = channel_stats(norm, x.device());
+    (x - mean) / std
+}
+
+/// The network's output space back to RGB in `[0, 1]`.
+pub fn denormalize(x: &Tensor, norm: &Normalization) -> Tensor {
+    let (mean, std) = channel_stats(norm, x.device());
+    x * std + mean
+}
+
 /// Everything about a model file except its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
