@@ -1,5 +1,7 @@
 //! The crate's one error type. Each message names the file or value at fault, because the
-//! CLI, the server and the Python bindings print it to a user as it is.
+//! CLI, the server and the Python bindings print it to a user as it is. No message names a
+//! CLI flag or a Python argument: each front end adds its own hint (`--resize-mask`,
+//! `resize_mask=True`).
 
 use std::path::PathBuf;
 
@@ -31,7 +33,7 @@ pub enum Error {
     },
 
     /// Image and mask sizes differ.
-    #[error("mask is {mask_w}×{mask_h} but the image is {image_w}×{image_h} (use --resize-mask to scale it)")]
+    #[error("mask is {mask_w}×{mask_h} but the image is {image_w}×{image_h}")]
     MaskSize {
         image_w: u32,
         image_h: u32,
@@ -61,7 +63,9 @@ pub enum Error {
     Pth { path: PathBuf, source: PthError },
 
     /// No bundled model was compiled in and none was given.
-    #[error("no model: this build has no bundled model; pass --model or set PARTIALCONV_MODEL")]
+    #[error(
+        "no model: this build has no bundled model; name a model file or set PARTIALCONV_MODEL"
+    )]
     NoModel,
 
     /// An unknown or unavailable device.

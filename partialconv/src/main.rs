@@ -288,10 +288,11 @@ struct TrainArgs {
 }
 
 fn main() -> ExitCode {
+    init_logging();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", with_hint(&e));
             if e.is_bad_input() {
                 ExitCode::from(2)
             } else {
@@ -475,12 +476,64 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
     }
 }
 
+/// What the library says to anyone, plus what to type about it here: the library's
+/// messages name no flags, since the server and Python have none.
+fn with_hint(e: &Error) -> String {
+    match e {
+        Error::MaskSize { .. } => format!("{e} {RESIZE_MASK_HINT}"),
+        Error::NoModel => {
+            "no model: this build has no bundled model; pass --model or set PARTIALCONV_MODEL"
+                .to_owned()
+        }
+        e => e.to_string(),
+    }
+}
+
+const RESIZE_MASK_HINT: &str = "(use --resize-mask to scale it)";
+
 /// A mask-size error is about the mask file; say which.
 fn name_mask_error(e: Error, mask: &Path) -> Error {
     match e {
-        Error::MaskSize { .. } => Error::InvalidArgument(format!("{}: {e}", mask.display())),
+        Error::MaskSize { .. } => {
+            Error::InvalidArgument(format!("{}: {e} {RESIZE_MASK_HINT}", mask.display()))
+        }
         e => e,
     }
+}
+
+/// Shows the library's `tracing` warnings as the CLI's own notes look: `warning: …` on
+/// stderr, without timestamps or targets.
+fn init_logging() {
+    use tracing_subscriber::fmt::{format, FmtContext, FormatEvent, FormatFields};
+    use tracing_subscriber::registry::LookupSpan;
+
+    struct Plain;
+    impl<S, N> FormatEvent<S, N> for Plain
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        fn format_event(
+            &self,
+            ctx: &FmtContext<'_, S, N>,
+            mut writer: format::Writer<'_>,
+            event: &tracing::Event<'_>,
+        ) -> std::fmt::Result {
+            let label = match *event.metadata().level() {
+                tracing::Level::ERROR => "error",
+                tracing::Level::WARN => "warning",
+                _ => "note",
+            };
+            write!(writer, "{label}: ")?;
+            ctx.field_format().format_fields(writer.by_ref(), event)?;
+            writeln!(writer)
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .event_format(Plain)
+        .init();
 }
 
 fn batch(

@@ -487,7 +487,9 @@ impl FineTuner {
             }
             None => {
                 // The pixel terms (L1 or squared error, TV) still train; only the VGG terms drop out.
-                eprintln!("warning: no VGG feature file given; training without the perceptual and style terms");
+                tracing::warn!(
+                    "no VGG feature file given; training without the perceptual and style terms"
+                );
                 None
             }
         };
@@ -509,9 +511,9 @@ impl FineTuner {
         };
         model.net.train_compute = cfg.bf16.then_some(Kind::BFloat16);
         if cfg.bf16 && cfg.device == Device::Cpu && !cpu_has_native_bf16() {
-            eprintln!(
-                "warning: this CPU has no AVX512-BF16, so bf16 is emulated: a training step \
-                 took 9x as long as in fp32 on such a CPU; drop --bf16"
+            tracing::warn!(
+                "this CPU has no AVX512-BF16, so bf16 is emulated: a training step took 9x as \
+                 long as in fp32 on such a CPU; train in fp32 instead"
             );
         }
         // Each encoder level halves the crop; a crop that does not halve evenly down to the
