@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::checkpoint::torch_pickle::PthError;
+use torch_pickle::PthError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

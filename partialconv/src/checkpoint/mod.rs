@@ -3,7 +3,8 @@
 //!
 //! The header lives in the safetensors metadata under the key `partialconv` as [`ModelMeta`].
 
-pub mod torch_pickle;
+// Its own crate now; re-exported so `checkpoint::torch_pickle` keeps working.
+pub use torch_pickle;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
