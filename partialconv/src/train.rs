@@ -397,13 +397,35 @@ fn random_crop(photo: &RgbImage, size: u32, rng: &mut Rng) -> RgbImage {
     crop
 }
 
-/// Set by Ctrl-C; the training loop saves a checkpoint and stops.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Asks a [`FineTuner`] to stop after the step in progress, saving a checkpoint first, as a
+/// `Break` from the progress callback does. Clones share one flag, so that a signal handler
+/// (the CLI's Ctrl-C) or another thread (the server's job cancel) can hold one while the
+/// trainer runs with another; the library itself installs no handler.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
 
-/// Makes Ctrl-C stop training cleanly (checkpoint saved) instead of killing it. Call once,
-/// from a binary; libraries embedding the trainer use the callback instead.
-pub fn install_ctrlc_handler() {
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+impl CancelToken {
+    /// A token not yet cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every holder's [`CancelToken::is_cancelled`] true, for good.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`CancelToken::cancel`] was called on this token or a clone.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Shares a flag the caller already has, such as a job table's cancel flag.
+impl From<Arc<AtomicBool>> for CancelToken {
+    fn from(flag: Arc<AtomicBool>) -> Self {
+        Self(flag)
+    }
 }
 
 /// Trains a model on a folder of photos; see the module docs.
@@ -422,6 +444,7 @@ pub struct FineTuner {
     pace_mark: Option<(u64, Duration)>,
     /// The run's own `(steps, stage2_at)`, the most a time budget may plan for.
     requested: (u64, u64),
+    cancel: CancelToken,
 }
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -550,7 +573,15 @@ impl FineTuner {
             history: Vec::new(),
             pace_mark: None,
             requested,
+            cancel: CancelToken::new(),
         })
+    }
+
+    /// Stops [`FineTuner::run`] when `token` is cancelled, as a `Break` from its callback
+    /// does; set it before `run`, from whatever owns the cancel (a signal, a job table).
+    pub fn with_cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = token;
+        self
     }
 
     pub fn step(&self) -> u64 {
@@ -565,8 +596,9 @@ impl FineTuner {
         self.skipped
     }
 
-    /// Trains until `cfg.steps`, calling `callback` after each step; `Break` stops the run
-    /// after saving a checkpoint (as Ctrl-C does) and returns [`Error::Interrupted`].
+    /// Trains until `cfg.steps`, calling `callback` after each step; `Break`, or a cancelled
+    /// [`CancelToken`], stops the run after saving a checkpoint and returns
+    /// [`Error::Interrupted`].
     pub fn run(
         &mut self,
         mut callback: impl FnMut(&Progress) -> ControlFlow<()>,
@@ -648,7 +680,7 @@ impl FineTuner {
                 val: val.clone(),
             };
             self.record(&mut log, &progress)?;
-            let stop = callback(&progress).is_break() || INTERRUPTED.load(Ordering::SeqCst);
+            let stop = callback(&progress).is_break() || self.cancel.is_cancelled();
             if stop || self.step.is_multiple_of(self.cfg.checkpoint_every) {
                 self.save_checkpoint()?;
             }

@@ -602,7 +602,7 @@ fn batch(
 }
 
 fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
-    use partialconv::train::{install_ctrlc_handler, FineTuner, TrainConfig};
+    use partialconv::train::{CancelToken, FineTuner, TrainConfig};
     let mut cfg = TrainConfig::new(&a.data, &a.out);
     cfg.val_data = a.val_data;
     cfg.masks = a.masks;
@@ -643,8 +643,12 @@ fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
     cfg.loss.hole_mse = a.hole_mse_weight;
     cfg.snapshot_every = a.snapshot_every.filter(|&n| n > 0);
     cfg.bf16 = a.bf16;
-    install_ctrlc_handler();
-    let mut tuner = FineTuner::new(cfg.clone())?;
+    // Ctrl-C stops training cleanly, checkpoint saved, instead of killing it. Installed
+    // before the photos load, so that a Ctrl-C during loading stops after the first step.
+    let cancel = CancelToken::new();
+    let on_ctrlc = cancel.clone();
+    let _ = ctrlc::set_handler(move || on_ctrlc.cancel());
+    let mut tuner = FineTuner::new(cfg.clone())?.with_cancel_token(cancel);
     if tuner.skipped_images() > 0 {
         eprintln!(
             "note: skipped {} unreadable image(s)",
