@@ -17,8 +17,8 @@ mod train;
 pub(crate) const RESIZE_MASK_HINT: &str = "(pass resize_mask=True to scale it)";
 
 /// The one place core errors cross into Python. The message is the one the CLI prints after
-/// `error: `, with Python's hint where the CLI gives its flag. The match is exhaustive so
-/// that a new variant has to pick its exception here.
+/// `error: `, with Python's hint where the CLI gives its flag. `Error` is
+/// `#[non_exhaustive]`: a variant added to the core is a RuntimeError until it is named here.
 pub(crate) fn py_err(e: Error) -> PyErr {
     let msg = e.to_string();
     match &e {
@@ -41,6 +41,7 @@ pub(crate) fn py_err(e: Error) -> PyErr {
         Error::NoModel | Error::Interrupted { .. } | Error::Torch(_) => {
             PyRuntimeError::new_err(msg)
         }
+        _ => PyRuntimeError::new_err(msg),
     }
 }
 

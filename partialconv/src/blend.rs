@@ -31,6 +31,7 @@ const TELEA_MAX_TIME: f32 = 2.0 * (1.0 + FEATHER_PX);
 
 /// How the fill meets the photo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Blend {
     /// Telea's fast marching in the first pixel of the hole, fading linearly into the
     /// network's fill [`FEATHER_PX`] further in.

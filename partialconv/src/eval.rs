@@ -17,16 +17,22 @@ pub use crate::telea::TELEA_RADIUS;
 /// Mean metrics over the masks of one hole-ratio bucket.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct BucketMetrics {
+    /// Mean PSNR in dB (each image capped at 100 dB).
     pub psnr: f64,
+    /// Mean SSIM.
     pub ssim: f64,
+    /// Mean absolute error per channel, in 8-bit levels.
     pub l1: f64,
+    /// Masks in the bucket.
     pub count: usize,
 }
 
 /// One row per bucket of [`RATIO_BUCKETS`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ValReport {
+    /// The training step it was taken at; 0 outside training.
     pub step: u64,
+    /// One entry per bucket, in the order of [`RATIO_BUCKETS`].
     pub buckets: Vec<BucketMetrics>,
 }
 

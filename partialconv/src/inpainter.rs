@@ -23,6 +23,7 @@ pub const MODEL_ENV: &str = "PARTIALCONV_MODEL";
 
 /// How an image is brought to the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Strategy {
     /// Picks one of the others from the image size, the holes and the model: see [`choose`].
     #[default]
@@ -30,7 +31,10 @@ pub enum Strategy {
     /// The whole image at native resolution, reflect-padded to a multiple of `2^layer_size`.
     Original,
     /// Long side scaled to `long_side`, the fill upscaled back and composited.
-    Resize { long_side: u32 },
+    Resize {
+        /// The side the image's longer side is scaled to.
+        long_side: u32,
+    },
     /// One native-resolution crop per hole region (with context), pasted back.
     Crop,
 }
@@ -188,6 +192,7 @@ pub struct Inpainter {
 unsafe impl Sync for Inpainter {}
 
 impl Inpainter {
+    /// Wraps a loaded model, with batch norm folded into the convolutions for inference.
     pub fn new(mut model: Model) -> Self {
         // The weights never change from here on.
         model.net.absorb_bn();
@@ -206,6 +211,7 @@ impl Inpainter {
         self
     }
 
+    /// The flipped views each fill averages.
     pub fn ensemble(&self) -> SelfEnsemble {
         self.ensemble
     }
@@ -216,6 +222,7 @@ impl Inpainter {
         self
     }
 
+    /// How fills meet the photo.
     pub fn blend(&self) -> Blend {
         self.blend
     }
@@ -230,10 +237,12 @@ impl Inpainter {
         &self.model.meta
     }
 
+    /// Trainable weights of the network, for reports.
     pub fn parameter_count(&self) -> usize {
         self.model.parameter_count()
     }
 
+    /// Where the network runs.
     pub fn device(&self) -> Device {
         self.model.vs.device()
     }

@@ -11,8 +11,18 @@
 //! io::write_image(&filled, "filled.png".as_ref())?;
 //! # Ok(()) }
 //! ```
+//!
+//! The crate root re-exports what most programs need; the modules hold the rest, from the
+//! network's layers ([`layer`], [`unet`]) through model files ([`checkpoint`]) and images
+//! ([`io`], [`masks`], [`imaging`]) to prediction ([`inpainter`], [`blend`], [`ensemble`]),
+//! training ([`train`], [`loss`], [`vgg`], [`average`]) and evaluation ([`eval`],
+//! [`metrics`], [`telea`]).
+
+#![warn(missing_docs)]
 
 pub mod average;
+// Timing helpers for the CLI's `bench` and the criterion benches, not a supported API.
+#[doc(hidden)]
 pub mod bench;
 pub mod blend;
 pub mod checkpoint;
@@ -36,7 +46,8 @@ pub use blend::Blend;
 pub use checkpoint::{Model, ModelMeta, Normalization, Storage};
 pub use ensemble::SelfEnsemble;
 pub use error::{Error, Result};
-pub use inpainter::{Inpainter, Strategy};
+pub use inpainter::{parse_device, Inpainter, Strategy};
 pub use layer::{partial_conv2d, Convention, Mask, PartialConv2d, PartialConvConfig};
 pub use masks::HoleMask;
+pub use train::{CancelToken, FineTuner, TrainConfig};
 pub use unet::{PConvUNet, PConvUNetConfig};

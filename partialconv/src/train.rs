@@ -42,8 +42,11 @@ pub struct TrainConfig {
     pub run_dir: PathBuf,
     /// Model to start from; `None` trains from scratch with `model`.
     pub base: Option<PathBuf>,
+    /// Shape of a network trained from scratch; ignored when `base` is set.
     pub model: PConvUNetConfig,
+    /// Steps to train to (counted from the start of the run, across resumes).
     pub steps: u64,
+    /// Crops per step.
     pub batch_size: i64,
     /// Side of the square training crops.
     pub train_size: u32,
@@ -57,16 +60,22 @@ pub struct TrainConfig {
     pub stage2_at: u64,
     /// VGG19 feature file for the perceptual and style terms; `None`: L1 + TV only.
     pub vgg: Option<PathBuf>,
+    /// Weights of the loss terms.
     pub loss: LossWeights,
+    /// Save the resumable checkpoint every N steps.
     pub checkpoint_every: u64,
     /// Save the model to `run_dir/snapshots/step-NNNNNNN.safetensors` every N steps, for
     /// stochastic weight averaging ([`crate::average`]).
     pub snapshot_every: Option<u64>,
+    /// Validate (and redraw the plot and sample grid) every N steps.
     pub val_every: u64,
     /// Validation crops are `val_size²`, one mask per bucket per photo.
     pub val_size: u32,
+    /// At most this many validation photos.
     pub max_val_images: usize,
+    /// Seeds the crops and holes, so that a run is repeatable.
     pub seed: u64,
+    /// Where the network trains.
     pub device: Device,
     /// Storage of the final model.
     pub storage: Storage,
@@ -130,35 +139,55 @@ impl TrainConfig {
 /// What the progress callback sees after every step.
 #[derive(Debug, Clone)]
 pub struct Progress {
+    /// Steps done, counted from the start of the run (across resumes).
     pub step: u64,
+    /// Steps the run will take; a time budget may lower it as the run goes.
     pub total: u64,
+    /// This step's total loss.
     pub loss: f64,
+    /// This step's weighted loss terms.
     pub terms: LossValues,
+    /// 1, or 2 once the encoder's batch norm is frozen.
     pub stage: u8,
+    /// Wall time of this run (since `run` was called).
     pub elapsed: Duration,
+    /// Estimated time to `total` at this run's mean pace.
     pub eta: Duration,
     /// Set on steps that ran validation.
     pub val: Option<ValReport>,
 }
 
+/// The weighted loss terms of one step, as numbers (see [`crate::loss::LossTerms`]).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct LossValues {
+    /// L1 outside the hole.
     pub valid: f64,
+    /// L1 (plus squared error) inside the hole.
     pub hole: f64,
+    /// VGG feature distance; 0 without VGG.
     pub perceptual: f64,
+    /// Gram-matrix distance; 0 without VGG.
     pub style: f64,
+    /// Total variation of the composite.
     pub tv: f64,
 }
 
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
+    /// The step the run ended at.
     pub steps: u64,
+    /// The last step's loss.
     pub final_loss: f64,
+    /// The last validation, if any ran.
     pub last_val: Option<ValReport>,
+    /// Wall time of this run.
     pub wall: Duration,
+    /// Photos that could not be decoded.
     pub skipped_images: usize,
+    /// Photos trained on.
     pub train_images: usize,
+    /// Photos validated on.
     pub val_images: usize,
 }
 
@@ -175,6 +204,7 @@ impl Adam {
     const B2: f64 = 0.999;
     const EPS: f64 = 1e-8;
 
+    /// Zeroed moments for every trainable weight of `model`.
     pub fn new(model: &Model) -> Self {
         let mut params: Vec<(String, Tensor)> = model
             .vs
@@ -188,12 +218,14 @@ impl Adam {
         Self { params, m, v, t: 0 }
     }
 
+    /// Clears the gradients before the next `backward`.
     pub fn zero_grad(&mut self) {
         for (_, p) in &mut self.params {
             p.zero_grad();
         }
     }
 
+    /// One update of every weight from its gradient, at learning rate `lr`.
     pub fn step(&mut self, lr: f64) {
         self.t += 1;
         let c1 = 1.0 - Self::B1.powi(self.t as i32);
@@ -584,14 +616,17 @@ impl FineTuner {
         self
     }
 
+    /// Steps done so far; non-zero after resuming from a checkpoint.
     pub fn step(&self) -> u64 {
         self.step
     }
 
+    /// The model being trained.
     pub fn model(&self) -> &Model {
         &self.model
     }
 
+    /// Photos that could not be decoded and were left out.
     pub fn skipped_images(&self) -> usize {
         self.skipped
     }

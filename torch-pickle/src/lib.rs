@@ -61,6 +61,7 @@ const LEGACY_PROTOCOL_VERSION: i64 = 1001;
 
 /// Element type of a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DType {
     /// IEEE half precision (`torch.float16`, `HalfStorage`).
     F16,
@@ -232,6 +233,7 @@ pub struct PthFile {
 
 /// Why a checkpoint could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PthError {
     /// The pickle names a global outside the allow-list; loading it with
     /// Python would import and possibly call it.

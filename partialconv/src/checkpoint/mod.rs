@@ -23,7 +23,9 @@ pub const META_KEY: &str = "partialconv";
 /// Per-channel normalisation applied to RGB in `[0, 1]` before the network.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
+    /// Per-channel mean subtracted, R, G, B.
     pub mean: [f32; 3],
+    /// Per-channel standard deviation divided by, R, G, B.
     pub std: [f32; 3],
 }
 
@@ -66,7 +68,9 @@ pub fn denormalize(x: &Tensor, norm: &Normalization) -> Tensor {
 /// Everything about a model file except its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
+    /// The network's shape, which the weights must match.
     pub config: PConvUNetConfig,
+    /// What inputs are normalised with; ImageNet's when the header omits it.
     #[serde(default)]
     pub normalization: Normalization,
     /// Side length the model was trained at; `auto` uses it to pick a working resolution.
@@ -78,6 +82,7 @@ pub struct ModelMeta {
 }
 
 impl ModelMeta {
+    /// A header for `config` with ImageNet normalisation and no provenance.
     pub fn new(config: PConvUNetConfig) -> Self {
         Self {
             config,
@@ -90,7 +95,9 @@ impl ModelMeta {
 
 /// How weights are stored on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Storage {
+    /// Full precision, as trained.
     #[default]
     F32,
     /// Halves the file; weights are widened back to fp32 on load.
@@ -99,8 +106,11 @@ pub enum Storage {
 
 /// A network with its weights and header.
 pub struct Model {
+    /// The header.
     pub meta: ModelMeta,
+    /// The weights, on the model's device.
     pub vs: nn::VarStore,
+    /// The network reading them.
     pub net: PConvUNet,
 }
 
@@ -122,6 +132,7 @@ impl Model {
         Ok(Self { meta, vs, net })
     }
 
+    /// Reads a model file (safetensors with the `partialconv` header) onto `device`.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::from_bytes(&bytes, &path.display().to_string(), device)
@@ -201,6 +212,7 @@ impl Model {
         })
     }
 
+    /// Trainable weights (batch-norm statistics are not counted).
     pub fn parameter_count(&self) -> usize {
         self.vs
             .trainable_variables()
