@@ -4,8 +4,8 @@
 
 use tch::{Kind, Tensor};
 
-use crate::checkpoint::{denormalize, Normalization};
-use crate::vgg::Vgg19Features;
+use crate::model::{denormalize, Normalization};
+use crate::nn::vgg::Vgg19Features;
 
 /// Weights of the loss terms.
 #[derive(Debug, Clone, Copy, PartialEq)]

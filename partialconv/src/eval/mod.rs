@@ -3,16 +3,18 @@
 //! and PSNR / SSIM / L1 on the composited 8-bit output, next to OpenCV-style Telea on the
 //! same holes.
 
+pub mod metrics;
+
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Model;
+use crate::classic::telea;
 use crate::error::Result;
-use crate::imaging::{composite, scale_short_side};
-use crate::masks::{HoleGenerator, HoleMask, RATIO_BUCKETS};
-use crate::{metrics, telea};
+use crate::imaging::convert::{composite, scale_short_side};
+use crate::imaging::masks::{HoleGenerator, HoleMask, RATIO_BUCKETS};
+use crate::model::Model;
 
-pub use crate::telea::TELEA_RADIUS;
+pub use crate::classic::telea::TELEA_RADIUS;
 
 /// Mean metrics over the masks of one hole-ratio bucket.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]

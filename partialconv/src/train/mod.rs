@@ -3,6 +3,10 @@
 //! schedule, crash-safe checkpoints, validation per hole-ratio bucket, and a progress
 //! callback for the server and the Python bindings.
 
+pub mod average;
+pub mod loss;
+pub mod plot;
+
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -17,15 +21,15 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::{normalize, write_atomic, Model, ModelMeta, Storage};
 use crate::error::{Error, Result};
 use crate::eval::{eval_crop, eval_masks, evaluate_model, ValReport};
-use crate::imaging::{composite, image_to_tensor, scale_short_side, valid_tensor};
-use crate::layer::Mask;
-use crate::loss::{InpaintingLoss, LossWeights};
-use crate::masks::{HoleGenerator, HoleMask, Rng, RATIO_BUCKETS};
-use crate::unet::PConvUNetConfig;
-use crate::vgg::Vgg19Features;
+use crate::imaging::convert::{composite, image_to_tensor, scale_short_side, valid_tensor};
+use crate::imaging::masks::{HoleGenerator, HoleMask, Rng, RATIO_BUCKETS};
+use crate::model::{normalize, write_atomic, Model, ModelMeta, Storage};
+use crate::nn::layer::Mask;
+use crate::nn::unet::PConvUNetConfig;
+use crate::nn::vgg::Vgg19Features;
+use crate::train::loss::{InpaintingLoss, LossWeights};
 
 /// Everything a training run needs.
 #[derive(Debug, Clone)]
@@ -65,7 +69,7 @@ pub struct TrainConfig {
     /// Save the resumable checkpoint every N steps.
     pub checkpoint_every: u64,
     /// Save the model to `run_dir/snapshots/step-NNNNNNN.safetensors` every N steps, for
-    /// stochastic weight averaging ([`crate::average`]).
+    /// stochastic weight averaging ([`crate::train::average`]).
     pub snapshot_every: Option<u64>,
     /// Validate (and redraw the plot and sample grid) every N steps.
     pub val_every: u64,
@@ -157,7 +161,7 @@ pub struct Progress {
     pub val: Option<ValReport>,
 }
 
-/// The weighted loss terms of one step, as numbers (see [`crate::loss::LossTerms`]).
+/// The weighted loss terms of one step, as numbers (see [`crate::train::loss::LossTerms`]).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct LossValues {
     /// L1 outside the hole.
@@ -261,7 +265,7 @@ fn load_photos(paths: &[PathBuf], side: u32) -> Photos {
     let mut images = Vec::new();
     let mut skipped = 0;
     for p in paths {
-        match crate::io::read_image(p) {
+        match crate::imaging::io::read_image(p) {
             Ok(img) => images.push(scale_short_side(&img.to_rgb8(), side)),
             Err(_) => skipped += 1,
         }
@@ -280,9 +284,9 @@ fn cpu_has_native_bf16() -> bool {
 
 fn load_user_masks(cfg: &TrainConfig) -> Result<Vec<HoleMask>> {
     Ok(match &cfg.masks {
-        Some(dir) => crate::io::list_files(dir)?
+        Some(dir) => crate::imaging::io::list_files(dir)?
             .iter()
-            .filter_map(|p| crate::io::read_mask(p).ok())
+            .filter_map(|p| crate::imaging::io::read_mask(p).ok())
             .collect(),
         None => Vec::new(),
     })
@@ -295,7 +299,7 @@ fn load_user_masks(cfg: &TrainConfig) -> Result<Vec<HoleMask>> {
 /// batches used.
 pub fn recalibrate_bn(model: &mut Model, cfg: &TrainConfig, batches: usize) -> Result<usize> {
     let photos = load_photos(
-        &crate::io::list_files(&cfg.data)?,
+        &crate::imaging::io::list_files(&cfg.data)?,
         cfg.photo_side.max(cfg.train_size),
     );
     if photos.images.is_empty() {
@@ -505,9 +509,9 @@ impl FineTuner {
     /// Loads the data and the model, resuming from `run_dir/checkpoint.safetensors` if it
     /// exists.
     pub fn new(cfg: TrainConfig) -> Result<Self> {
-        let paths = crate::io::list_files(&cfg.data)?;
+        let paths = crate::imaging::io::list_files(&cfg.data)?;
         let (train_paths, val_paths): (Vec<PathBuf>, Vec<PathBuf>) = match &cfg.val_data {
-            Some(dir) => (paths, crate::io::list_files(dir)?),
+            Some(dir) => (paths, crate::imaging::io::list_files(dir)?),
             None => {
                 let (v, t): (Vec<_>, Vec<_>) =
                     paths.into_iter().enumerate().partition(|(i, _)| i % 7 == 6);
@@ -854,7 +858,7 @@ impl FineTuner {
 
     fn write_plot(&self) -> Result<()> {
         let path = self.cfg.run_dir.join("progress.png");
-        crate::plot::loss_and_psnr(&self.history, &path)
+        crate::train::plot::loss_and_psnr(&self.history, &path)
     }
 
     fn write_grid(&self) -> Result<()> {
@@ -865,12 +869,12 @@ impl FineTuner {
             let mask = &eval_masks(size, i)[2];
             let filled = self.model.fill_native(&[gt], &[mask])?.remove(0);
             rows.push([
-                crate::plot::show_holes(gt, mask),
+                crate::train::plot::show_holes(gt, mask),
                 composite(gt, &filled, mask),
                 gt.clone(),
             ]);
         }
-        crate::plot::grid(&rows, &self.cfg.run_dir.join("samples.png"))
+        crate::train::plot::grid(&rows, &self.cfg.run_dir.join("samples.png"))
     }
 
     /// Weights, Adam state and step, written atomically.

@@ -6,7 +6,7 @@ use image::{imageops, RgbImage};
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
-use crate::masks::HoleMask;
+use crate::imaging::masks::HoleMask;
 
 /// Original pixels outside the hole, `filled` inside.
 pub fn composite(original: &RgbImage, filled: &RgbImage, mask: &HoleMask) -> RgbImage {

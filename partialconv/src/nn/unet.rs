@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-use crate::layer::{
+use crate::nn::layer::{
     channels_last, partial_conv2d, Convention, Mask, PartialConv2d, PartialConvConfig,
 };
 
@@ -449,7 +449,7 @@ impl PConvUNet {
     /// (`(x, mask)` as for [`forward_t`](Self::forward_t)), each layer seeing the batch
     /// statistics of the layers before it, as in training. Training keeps an exponential
     /// average over its last few dozen batches, which is noisy for small batches and, for a
-    /// weight average ([`crate::average`]), describes none of the averaged weights; this is
+    /// weight average ([`crate::train::average`]), describes none of the averaged weights; this is
     /// SWA's `update_bn` (Izmailov et al. 2018). Returns the number of batches used.
     pub fn recalibrate_bn(&mut self, batches: impl IntoIterator<Item = (Tensor, Mask)>) -> usize {
         let (freeze, compute) = (self.freeze_enc_bn, self.train_compute);

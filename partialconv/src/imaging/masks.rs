@@ -363,7 +363,8 @@ impl Rng {
 }
 
 /// Hole-ratio buckets of the evaluation protocol: (0.01, 0.1], (0.1, 0.2], ... (0.4, 0.5].
-pub use crate::metrics::BUCKETS as RATIO_BUCKETS;
+pub const RATIO_BUCKETS: [(f64, f64); 5] =
+    [(0.01, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5)];
 
 /// Irregular holes like a user's brush: free-form strokes, ellipses and straight lines.
 ///
