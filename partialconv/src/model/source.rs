@@ -1,6 +1,5 @@
-//! Where a model comes from when the caller names none: the one lookup (a path, else
-//! `$PARTIALCONV_MODEL`, else the model compiled into the build) that the CLI, the server and
-//! Python share.
+//! Where a model comes from: a path when the caller names one, else `$PARTIALCONV_MODEL`,
+//! else the model compiled into the build. The CLI and Python resolve through here.
 
 use std::path::Path;
 
