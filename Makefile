@@ -29,14 +29,14 @@ setup: .venv/.ready .libtorch
 # The web page and API on http://127.0.0.1:8080/ with the bundled model, SQLite history and a
 # local image folder under ~/.cache/partialconv/server-data.
 run: setup
-	cargo build --release -p server-example -p partialconv
+	cargo build --release -p server-example -p partialconv-cli
 	# Passive OpenMP threads: spinning ones steal the CPU from a fine-tune job's thread and
 	# from the other workers between requests (docs/benchmarks.md).
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/server-example --data-dir $(CACHE)/server-data
 
 # The CLI on the sample photo, without the server.
 demo: setup
-	cargo build --release -p partialconv
+	cargo build --release -p partialconv-cli
 	@mkdir -p out
 	$(BIN)/partialconv predict --image docs/img/sample.jpg --mask docs/img/sample_mask.png --output out/sample_filled.png
 	@echo "input: docs/img/sample.jpg  mask: docs/img/sample_mask.png  result: out/sample_filled.png"

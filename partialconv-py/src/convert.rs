@@ -110,9 +110,11 @@ impl MaskArg {
     /// A size mismatch names the mask file, as the CLI's message does.
     pub fn name_error(&self, e: Error) -> Error {
         match (self, e) {
-            (MaskArg::File(path), e @ Error::MaskSize { .. }) => {
-                Error::InvalidArgument(format!("{}: {e}", path.display()))
-            }
+            (MaskArg::File(path), e @ Error::MaskSize { .. }) => Error::InvalidArgument(format!(
+                "{}: {e} {}",
+                path.display(),
+                crate::RESIZE_MASK_HINT
+            )),
             (_, e) => e,
         }
     }

@@ -12,8 +12,13 @@ mod convert;
 mod inpainter;
 mod train;
 
+/// What a Python caller does about a mask of another size; the core's message names no
+/// argument, since the CLI and the server have their own.
+pub(crate) const RESIZE_MASK_HINT: &str = "(pass resize_mask=True to scale it)";
+
 /// The one place core errors cross into Python. The message is the one the CLI prints after
-/// `error: `. The match is exhaustive so that a new variant has to pick its exception here.
+/// `error: `, with Python's hint where the CLI gives its flag. `Error` is
+/// `#[non_exhaustive]`: a variant added to the core is a RuntimeError until it is named here.
 pub(crate) fn py_err(e: Error) -> PyErr {
     let msg = e.to_string();
     match &e {
@@ -22,9 +27,9 @@ pub(crate) fn py_err(e: Error) -> PyErr {
         }
         // Permission denied, a full disk, ...: Python reports those as OSError too.
         Error::Io { .. } => PyOSError::new_err(msg),
+        Error::MaskSize { .. } => PyValueError::new_err(format!("{msg} {RESIZE_MASK_HINT}")),
         Error::Image { .. }
         | Error::TooLarge { .. }
-        | Error::MaskSize { .. }
         | Error::Checkpoint { .. }
         | Error::MissingTensor { .. }
         | Error::ShapeMismatch { .. }
@@ -36,6 +41,7 @@ pub(crate) fn py_err(e: Error) -> PyErr {
         Error::NoModel | Error::Interrupted { .. } | Error::Torch(_) => {
             PyRuntimeError::new_err(msg)
         }
+        _ => PyRuntimeError::new_err(msg),
     }
 }
 

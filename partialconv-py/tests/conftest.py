@@ -79,13 +79,13 @@ def inpainter(tiny_model):
 @pytest.fixture(scope="session")
 def cli():
     """The `partialconv` executable: $PARTIALCONV_CLI, else built with cargo (a no-op when
-    it is up to date; it shares the extension's build artefacts)."""
+    it is up to date; it shares the target folder with the extension)."""
     if os.environ.get("PARTIALCONV_CLI"):
         return Path(os.environ["PARTIALCONV_CLI"])
     cmd = [
         "cargo", "build", "--release", "--message-format=json",
-        "--manifest-path", str(REPO / "partialconv-py" / "Cargo.toml"),
-        "-p", "partialconv", "--bin", "partialconv",
+        "--manifest-path", str(REPO / "partialconv-cli" / "Cargo.toml"),
+        "-p", "partialconv-cli", "--bin", "partialconv",
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

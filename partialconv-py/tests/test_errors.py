@@ -104,7 +104,7 @@ def test_bad_image_arrays(inpainter, image, match):
         (np.zeros((8, 8, 3), bool), "a bool mask must be H×W"),
         (np.zeros((8, 8), np.float64), "must be uint8"),
         (np.zeros((8, 9), bool), "mask is 9×8 but the image is 8×8"),
-        (np.zeros((8, 9), np.uint8), r"use --resize-mask to scale it"),
+        (np.zeros((8, 9), np.uint8), r"pass resize_mask=True to scale it"),
     ],
 )
 def test_bad_masks(inpainter, mask, match):

@@ -4,9 +4,9 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::Model;
 use crate::error::Result;
-use crate::layer::Mask;
+use crate::model::Model;
+use crate::nn::layer::Mask;
 
 /// A random `N×3×S×S` input and a mask with a centred square hole of a quarter of the area.
 pub fn sample_input(size: i64, batch: i64, device: Device, kind: Kind) -> (Tensor, Tensor) {

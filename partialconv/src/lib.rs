@@ -11,31 +11,68 @@
 //! io::write_image(&filled, "filled.png".as_ref())?;
 //! # Ok(()) }
 //! ```
+//!
+//! The crate root re-exports what most programs need. The modules are layers, each using
+//! only those listed before it:
+//!
+//! - [`error`] and [`device`]: the error type, and device names;
+//! - [`nn`]: the partial convolution, the U-Net and the VGG features of the loss;
+//! - [`model`]: model files, their header and normalisation, the `.pth` import and where a
+//!   model comes from when none is named;
+//! - [`imaging`]: decoding with limits, hole masks and their generator, image ↔ tensor;
+//! - [`classic`]: Telea's fast-marching inpainting, the baseline and the blend's edge;
+//! - [`infer`]: [`Inpainter`], its strategies, the blend and the self-ensemble;
+//! - [`eval`]: the evaluation protocol and its metrics;
+//! - [`train`]: [`FineTuner`], its loss, plots and weight averaging.
 
-pub mod average;
-pub mod bench;
-pub mod blend;
-pub mod checkpoint;
-pub mod ensemble;
+#![warn(missing_docs)]
+
 pub mod error;
-pub mod eval;
-pub mod inpainter;
-pub mod io;
-pub mod layer;
-pub mod loss;
-pub mod masks;
-pub mod metrics;
-pub mod plot;
-pub mod telea;
-pub mod train;
-pub mod unet;
-pub mod vgg;
 
-pub use blend::Blend;
-pub use checkpoint::{Model, ModelMeta, Normalization, Storage};
-pub use ensemble::SelfEnsemble;
+pub mod device;
+
+pub mod nn;
+
+pub mod model;
+
+pub mod imaging;
+
+pub mod classic;
+
+pub mod infer;
+
+pub mod eval;
+
+pub mod train;
+
+// Timing helpers for the CLI's `bench` and the criterion benches, not a supported API.
+#[doc(hidden)]
+pub mod bench;
+
+pub use device::parse_device;
 pub use error::{Error, Result};
-pub use inpainter::{Inpainter, Strategy};
-pub use layer::{partial_conv2d, Convention, Mask, PartialConv2d, PartialConvConfig};
-pub use masks::HoleMask;
-pub use unet::{PConvUNet, PConvUNetConfig};
+pub use imaging::io;
+pub use imaging::masks::HoleMask;
+pub use infer::blend::Blend;
+pub use infer::ensemble::SelfEnsemble;
+pub use infer::inpainter::{Inpainter, Strategy};
+pub use model::{Model, ModelMeta, Normalization, Storage};
+pub use nn::layer::{partial_conv2d, Convention, Mask, PartialConv2d, PartialConvConfig};
+pub use nn::unet::{PConvUNet, PConvUNetConfig};
+pub use train::{CancelToken, FineTuner, TrainConfig};
+
+// The module paths of the flat layout before the layers, for code written against them.
+#[doc(hidden)]
+pub use classic::telea;
+#[doc(hidden)]
+pub use eval::metrics;
+#[doc(hidden)]
+pub use imaging::masks;
+#[doc(hidden)]
+pub use infer::{blend, ensemble, inpainter};
+#[doc(hidden)]
+pub use model as checkpoint;
+#[doc(hidden)]
+pub use nn::{layer, unet, vgg};
+#[doc(hidden)]
+pub use train::{average, loss, plot};

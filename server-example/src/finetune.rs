@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use history_sink::{HistoryEvent, HistorySink};
 use partialconv::eval::{BucketMetrics, ValReport};
-use partialconv::train::{FineTuner, TrainConfig};
+use partialconv::train::{CancelToken, FineTuner, TrainConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use uuid::Uuid;
@@ -869,7 +869,7 @@ impl Inner {
         cfg.loader_threads = 1;
         cfg.seed = id.as_u128() as u64;
         let mut tuner = match FineTuner::new(cfg) {
-            Ok(t) => t,
+            Ok(t) => t.with_cancel_token(CancelToken::from(cancel.clone())),
             Err(e) => return Outcome::Failed(e.to_string()),
         };
         let resumed = tuner.step();
@@ -916,7 +916,8 @@ impl Inner {
             if persist {
                 persisted = Instant::now();
             }
-            if cancel.load(Ordering::SeqCst) || self.shutdown.load(Ordering::SeqCst) {
+            // A job cancel reaches the trainer through its token; a shutdown through here.
+            if self.shutdown.load(Ordering::SeqCst) {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())

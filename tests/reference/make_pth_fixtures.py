@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the small torch.save fixtures that partialconv's checkpoint reader
-(`partialconv/src/checkpoint/torch_pickle.rs`) is tested against.
+(`torch-pickle/src/lib.rs`) is tested against.
 
 Usage: python make_pth_fixtures.py OUT_DIR
 (`make fixtures` writes them to $PARTIALCONV_REFERENCE_DIR/pth; nothing is committed)

@@ -15,10 +15,9 @@ use std::str::FromStr;
 
 use image::RgbImage;
 
+use crate::classic::telea::{inpaint_telea_within, TELEA_RADIUS};
 use crate::error::{Error, Result};
-use crate::eval::TELEA_RADIUS;
-use crate::masks::HoleMask;
-use crate::telea::inpaint_telea_within;
+use crate::imaging::masks::HoleMask;
 
 /// Where Telea's share of the fill reaches zero, in pixels from the nearest known pixel.
 /// Chosen on stroke masks over the first 12 validation photos (4, 6, 8, 12 and 16 were
@@ -32,6 +31,7 @@ const TELEA_MAX_TIME: f32 = 2.0 * (1.0 + FEATHER_PX);
 
 /// How the fill meets the photo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Blend {
     /// Telea's fast marching in the first pixel of the hole, fading linearly into the
     /// network's fill [`FEATHER_PX`] further in.
@@ -94,7 +94,7 @@ pub fn telea_blend(original: &RgbImage, filled: &RgbImage, mask: &HoleMask) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telea::inpaint_telea;
+    use crate::classic::telea::inpaint_telea;
 
     #[test]
     fn telea_owns_the_edge_and_the_network_the_inside() {
@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn telea_within_the_march_limit_is_the_full_telea() {
-        use crate::masks::{HoleGenerator, RATIO_BUCKETS};
+        use crate::imaging::masks::{HoleGenerator, RATIO_BUCKETS};
         let (w, h) = (160u32, 120u32);
         let photo = RgbImage::from_fn(w, h, |x, y| {
             image::Rgb([(x * 7 + y) as u8, ((x * y) % 251) as u8, (y * 13) as u8])

@@ -4,17 +4,21 @@
 
 use tch::{Kind, Tensor};
 
-use crate::checkpoint::Normalization;
-use crate::inpainter::denormalize;
-use crate::vgg::Vgg19Features;
+use crate::model::{denormalize, Normalization};
+use crate::nn::vgg::Vgg19Features;
 
 /// Weights of the loss terms.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LossWeights {
+    /// L1 outside the hole (the paper's 1).
     pub valid: f64,
+    /// L1 inside the hole (the paper's 6).
     pub hole: f64,
+    /// VGG feature distance of the output and of the composite (the paper's 0.05).
     pub perceptual: f64,
+    /// Gram-matrix distance of the same features (the paper's 120).
     pub style: f64,
+    /// Total variation of the composite (the paper's 0.1).
     pub tv: f64,
     /// Mean squared error on the hole; 0 in the paper. L1 pulls each hole pixel toward the
     /// median of the plausible fills and L2 toward their mean, which is what PSNR rewards.
@@ -38,19 +42,28 @@ impl Default for LossWeights {
 /// Each term (already weighted) and their sum; `hole` holds both hole terms.
 #[derive(Debug)]
 pub struct LossTerms {
+    /// The weighted sum, with its graph, for `backward`.
     pub total: Tensor,
+    /// The weighted valid-pixel L1.
     pub valid: f64,
+    /// The weighted hole L1 plus the hole squared error.
     pub hole: f64,
+    /// The weighted perceptual term; 0 without VGG.
     pub perceptual: f64,
+    /// The weighted style term; 0 without VGG.
     pub style: f64,
+    /// The weighted total variation.
     pub tv: f64,
 }
 
 /// The inpainting loss, with the VGG terms when a feature extractor is given.
 #[derive(Debug)]
 pub struct InpaintingLoss {
+    /// Weights of the terms.
     pub weights: LossWeights,
+    /// The model's normalisation, undone before VGG sees the images.
     pub normalization: Normalization,
+    /// The feature extractor; `None` drops the perceptual and style terms.
     pub vgg: Option<Vgg19Features>,
 }
 

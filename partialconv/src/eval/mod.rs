@@ -3,32 +3,38 @@
 //! and PSNR / SSIM / L1 on the composited 8-bit output, next to OpenCV-style Telea on the
 //! same holes.
 
+pub mod metrics;
+
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Model;
+use crate::classic::telea;
 use crate::error::Result;
-use crate::inpainter::composite;
-use crate::masks::{HoleGenerator, HoleMask, RATIO_BUCKETS};
-use crate::train::scale_short_side;
-use crate::{metrics, telea};
+use crate::imaging::convert::{composite, scale_short_side};
+use crate::imaging::masks::{HoleGenerator, HoleMask, RATIO_BUCKETS};
+use crate::model::Model;
 
-/// Telea's neighbourhood radius, as in `cv2.inpaint(img, mask, 4, cv2.INPAINT_TELEA)`.
-pub const TELEA_RADIUS: f32 = 4.0;
+pub use crate::classic::telea::TELEA_RADIUS;
 
 /// Mean metrics over the masks of one hole-ratio bucket.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct BucketMetrics {
+    /// Mean PSNR in dB (each image capped at 100 dB).
     pub psnr: f64,
+    /// Mean SSIM.
     pub ssim: f64,
+    /// Mean absolute error per channel, in 8-bit levels.
     pub l1: f64,
+    /// Masks in the bucket.
     pub count: usize,
 }
 
 /// One row per bucket of [`RATIO_BUCKETS`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ValReport {
+    /// The training step it was taken at; 0 outside training.
     pub step: u64,
+    /// One entry per bucket, in the order of [`RATIO_BUCKETS`].
     pub buckets: Vec<BucketMetrics>,
 }
 

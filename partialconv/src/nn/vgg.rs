@@ -12,7 +12,6 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::torch_pickle;
 use crate::error::{Error, Result};
 
 /// The convolutions up to pool3, in order; a pool follows the last conv of each block.

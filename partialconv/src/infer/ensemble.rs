@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 
 /// Which flipped views of the image the network fills; their fills are averaged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum SelfEnsemble {
     /// One pass on the image as it is.
     Single,
@@ -30,6 +31,7 @@ pub enum SelfEnsemble {
 }
 
 impl SelfEnsemble {
+    /// Every ensemble, cheapest first, for sweeps and for listing the choices.
     pub const ALL: [SelfEnsemble; 3] = [
         SelfEnsemble::Single,
         SelfEnsemble::Mirror,

@@ -1,255 +1,98 @@
 //! Training and fine-tuning ([`FineTuner`]): random crops of a folder of photos, irregular
-//! holes from [`HoleGenerator`] (or a folder of user masks), the paper's loss and two-stage
-//! schedule, crash-safe checkpoints, validation per hole-ratio bucket, and a progress
-//! callback for the server and the Python bindings.
+//! holes from [`HoleGenerator`](crate::imaging::masks::HoleGenerator) (or a folder of user
+//! masks), the paper's loss and two-stage schedule, crash-safe checkpoints, validation per
+//! hole-ratio bucket, and a progress callback for the server and the Python bindings.
+
+mod adam;
+pub mod average;
+mod budget;
+mod cancel;
+mod config;
+mod data;
+pub mod loss;
+pub mod plot;
+
+pub use adam::Adam;
+pub use budget::plan_for_budget;
+pub use cancel::CancelToken;
+pub use config::TrainConfig;
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use image::{imageops, RgbImage};
+use image::RgbImage;
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::checkpoint::{write_atomic, Model, ModelMeta, Storage};
 use crate::error::{Error, Result};
 use crate::eval::{eval_crop, eval_masks, evaluate_model, ValReport};
-use crate::inpainter::{composite, image_to_tensor, normalize, valid_tensor};
-use crate::layer::Mask;
-use crate::loss::{InpaintingLoss, LossWeights};
-use crate::masks::{HoleGenerator, HoleMask, Rng, RATIO_BUCKETS};
-use crate::unet::PConvUNetConfig;
-use crate::vgg::Vgg19Features;
-
-/// Everything a training run needs.
-#[derive(Debug, Clone)]
-pub struct TrainConfig {
-    /// Folder of training photos (PNG, JPEG, WebP); unreadable files are skipped and counted.
-    pub data: PathBuf,
-    /// Folder of validation photos; `None` holds out every 7th training photo.
-    pub val_data: Option<PathBuf>,
-    /// Folder of mask images to draw holes from instead of the generator.
-    pub masks: Option<PathBuf>,
-    /// Where the final model is written.
-    pub out: PathBuf,
-    /// Checkpoints, the CSV log, the plot and sample grids.
-    pub run_dir: PathBuf,
-    /// Model to start from; `None` trains from scratch with `model`.
-    pub base: Option<PathBuf>,
-    pub model: PConvUNetConfig,
-    pub steps: u64,
-    pub batch_size: i64,
-    /// Side of the square training crops.
-    pub train_size: u32,
-    /// Photos are first scaled so their short side is this: the scale the model is used at.
-    pub photo_side: u32,
-    /// Stage 1 learning rate (the paper's 2e-4).
-    pub lr: f64,
-    /// Stage 2 learning rate (5e-5), with encoder batch norm frozen.
-    pub lr_stage2: f64,
-    /// First step of stage 2; fine-tuning from a base model starts there (0).
-    pub stage2_at: u64,
-    /// VGG19 feature file for the perceptual and style terms; `None`: L1 + TV only.
-    pub vgg: Option<PathBuf>,
-    pub loss: LossWeights,
-    pub checkpoint_every: u64,
-    /// Save the model to `run_dir/snapshots/step-NNNNNNN.safetensors` every N steps, for
-    /// stochastic weight averaging ([`crate::average`]).
-    pub snapshot_every: Option<u64>,
-    pub val_every: u64,
-    /// Validation crops are `val_size²`, one mask per bucket per photo.
-    pub val_size: u32,
-    pub max_val_images: usize,
-    pub seed: u64,
-    pub device: Device,
-    /// Storage of the final model.
-    pub storage: Storage,
-    /// Threads preparing batches.
-    pub loader_threads: usize,
-    /// Mixed precision: the training passes of the network and of VGG compute their
-    /// convolutions in bf16 (a step 1.2× faster on an AVX512-BF16 CPU, 1.7× with AMX;
-    /// `docs/benchmarks.md`), while the weights, the optimizer, the loss and validation
-    /// stay in fp32.
-    pub bf16: bool,
-    /// Wall-clock budget: after a few steps the step count is cut to what fits, and stage 2
-    /// moves with it so that it still covers the last quarter.
-    pub time_budget: Option<Duration>,
-}
-
-impl TrainConfig {
-    /// Defaults for `data` → `out`; from scratch unless `base` is set afterwards.
-    pub fn new(data: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
-        let out = out.into();
-        let mut run_dir = out.clone().into_os_string();
-        run_dir.push(".run");
-        Self {
-            data: data.into(),
-            val_data: None,
-            masks: None,
-            run_dir: run_dir.into(),
-            out,
-            base: None,
-            // Trained from scratch, the `Scaled` convention keeps activations at a plain
-            // convolution's scale; `Unscaled` divides by up to in·k² and learns many times
-            // slower (examples/overfit.rs shows it).
-            model: PConvUNetConfig {
-                width: 32,
-                convention: crate::Convention::Scaled,
-                ..Default::default()
-            },
-            steps: 10_000,
-            batch_size: 8,
-            train_size: 256,
-            photo_side: 512,
-            lr: 2e-4,
-            lr_stage2: 5e-5,
-            stage2_at: 7_500,
-            vgg: None,
-            loss: LossWeights::default(),
-            checkpoint_every: 500,
-            snapshot_every: None,
-            val_every: 500,
-            val_size: 512,
-            max_val_images: 24,
-            seed: 0,
-            device: Device::Cpu,
-            storage: Storage::F32,
-            loader_threads: 2,
-            bf16: false,
-            time_budget: None,
-        }
-    }
-}
+use crate::imaging::convert::composite;
+use crate::imaging::masks::{HoleMask, RATIO_BUCKETS};
+use crate::model::{normalize, write_atomic, Model, ModelMeta, Storage};
+use crate::nn::layer::Mask;
+use crate::nn::vgg::Vgg19Features;
+use crate::train::loss::InpaintingLoss;
+use data::{load_photos, load_user_masks, Loader};
 
 /// What the progress callback sees after every step.
 #[derive(Debug, Clone)]
 pub struct Progress {
+    /// Steps done, counted from the start of the run (across resumes).
     pub step: u64,
+    /// Steps the run will take; a time budget may lower it as the run goes.
     pub total: u64,
+    /// This step's total loss.
     pub loss: f64,
+    /// This step's weighted loss terms.
     pub terms: LossValues,
+    /// 1, or 2 once the encoder's batch norm is frozen.
     pub stage: u8,
+    /// Wall time of this run (since `run` was called).
     pub elapsed: Duration,
+    /// Estimated time to `total` at this run's mean pace.
     pub eta: Duration,
     /// Set on steps that ran validation.
     pub val: Option<ValReport>,
 }
 
+/// The weighted loss terms of one step, as numbers (see [`crate::train::loss::LossTerms`]).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct LossValues {
+    /// L1 outside the hole.
     pub valid: f64,
+    /// L1 (plus squared error) inside the hole.
     pub hole: f64,
+    /// VGG feature distance; 0 without VGG.
     pub perceptual: f64,
+    /// Gram-matrix distance; 0 without VGG.
     pub style: f64,
+    /// Total variation of the composite.
     pub tv: f64,
 }
 
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
+    /// The step the run ended at.
     pub steps: u64,
+    /// The last step's loss.
     pub final_loss: f64,
+    /// The last validation, if any ran.
     pub last_val: Option<ValReport>,
+    /// Wall time of this run.
     pub wall: Duration,
+    /// Photos that could not be decoded.
     pub skipped_images: usize,
+    /// Photos trained on.
     pub train_images: usize,
+    /// Photos validated on.
     pub val_images: usize,
-}
-
-/// Adam (Kingma & Ba), written out so its state can be checkpointed with the weights.
-pub struct Adam {
-    params: Vec<(String, Tensor)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
-    t: u64,
-}
-
-impl Adam {
-    const B1: f64 = 0.9;
-    const B2: f64 = 0.999;
-    const EPS: f64 = 1e-8;
-
-    pub fn new(model: &Model) -> Self {
-        let mut params: Vec<(String, Tensor)> = model
-            .vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
-        let m = params.iter().map(|(_, p)| p.zeros_like()).collect();
-        let v = params.iter().map(|(_, p)| p.zeros_like()).collect();
-        Self { params, m, v, t: 0 }
-    }
-
-    pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            p.zero_grad();
-        }
-    }
-
-    pub fn step(&mut self, lr: f64) {
-        self.t += 1;
-        let c1 = 1.0 - Self::B1.powi(self.t as i32);
-        let c2 = 1.0 - Self::B2.powi(self.t as i32);
-        tch::no_grad(|| {
-            for ((_, p), (m, v)) in self
-                .params
-                .iter_mut()
-                .zip(self.m.iter_mut().zip(self.v.iter_mut()))
-            {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let _ = m.g_mul_scalar_(Self::B1).g_add_(&(&g * (1.0 - Self::B1)));
-                let _ = v
-                    .g_mul_scalar_(Self::B2)
-                    .g_add_(&(&g * &g * (1.0 - Self::B2)));
-                let update = (&*m / c1) / ((&*v / c2).sqrt() + Self::EPS) * lr;
-                let _ = p.g_sub_(&update);
-            }
-        });
-    }
-}
-
-/// Photos decoded once and kept at the working scale.
-struct Photos {
-    images: Vec<RgbImage>,
-    skipped: usize,
-}
-
-/// Scales so the short side is `side` (never upscaling past it), keeping the aspect.
-pub(crate) fn scale_short_side(img: &RgbImage, side: u32) -> RgbImage {
-    let (w, h) = img.dimensions();
-    let short = w.min(h);
-    if short == side {
-        return img.clone();
-    }
-    let s = side as f64 / short as f64;
-    let (nw, nh) = (
-        ((w as f64 * s).round() as u32).max(side),
-        ((h as f64 * s).round() as u32).max(side),
-    );
-    imageops::resize(img, nw, nh, imageops::FilterType::Lanczos3)
-}
-
-fn load_photos(paths: &[PathBuf], side: u32) -> Photos {
-    let mut images = Vec::new();
-    let mut skipped = 0;
-    for p in paths {
-        match crate::io::read_image(p) {
-            Ok(img) => images.push(scale_short_side(&img.to_rgb8(), side)),
-            Err(_) => skipped += 1,
-        }
-    }
-    Photos { images, skipped }
 }
 
 /// Whether the CPU computes bf16 natively. Elsewhere oneDNN emulates it, and a 512² × 4
@@ -261,16 +104,6 @@ fn cpu_has_native_bf16() -> bool {
     return true;
 }
 
-fn load_user_masks(cfg: &TrainConfig) -> Result<Vec<HoleMask>> {
-    Ok(match &cfg.masks {
-        Some(dir) => crate::io::list_files(dir)?
-            .iter()
-            .filter_map(|p| crate::io::read_mask(p).ok())
-            .collect(),
-        None => Vec::new(),
-    })
-}
-
 /// Re-estimates `model`'s batch-norm statistics ([`crate::PConvUNet::recalibrate_bn`]) on
 /// `batches` batches of `cfg.data`, cropped and holed as training makes them (`train_size`,
 /// `photo_side`, `batch_size`, `masks`, `seed`), and records that in the model's `training`
@@ -278,7 +111,7 @@ fn load_user_masks(cfg: &TrainConfig) -> Result<Vec<HoleMask>> {
 /// batches used.
 pub fn recalibrate_bn(model: &mut Model, cfg: &TrainConfig, batches: usize) -> Result<usize> {
     let photos = load_photos(
-        &crate::io::list_files(&cfg.data)?,
+        &crate::imaging::io::list_files(&cfg.data)?,
         cfg.photo_side.max(cfg.train_size),
     );
     if photos.images.is_empty() {
@@ -315,112 +148,6 @@ pub fn recalibrate_bn(model: &mut Model, cfg: &TrainConfig, batches: usize) -> R
     Ok(used)
 }
 
-/// One training batch, on the CPU: normalised images and valid masks.
-struct Batch {
-    gt: Tensor,
-    valid: Tensor,
-}
-
-/// Produces batches on background threads so data preparation overlaps the network.
-struct Loader {
-    rx: mpsc::Receiver<Batch>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Loader {
-    fn start(
-        photos: Arc<Vec<RgbImage>>,
-        masks: Arc<Vec<HoleMask>>,
-        cfg: &TrainConfig,
-        start_step: u64,
-    ) -> Self {
-        let (tx, rx) = mpsc::sync_channel(4);
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = cfg.loader_threads.max(1) as u64;
-        for worker in 0..threads {
-            let (tx, stop, photos, masks) =
-                (tx.clone(), stop.clone(), photos.clone(), masks.clone());
-            let (size, batch, seed) = (cfg.train_size, cfg.batch_size, cfg.seed);
-            std::thread::spawn(move || {
-                let generator = HoleGenerator::default();
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let stream = seed ^ (start_step << 20) ^ (worker << 56) ^ n;
-                    n += 1;
-                    let mut rng = Rng::new(stream);
-                    let mut imgs = Vec::with_capacity(batch as usize);
-                    let mut valids = Vec::with_capacity(batch as usize);
-                    for i in 0..batch as u64 {
-                        let photo = &photos[(rng.next_u64() % photos.len() as u64) as usize];
-                        imgs.push(image_to_tensor(&random_crop(photo, size, &mut rng)));
-                        let mask = if masks.is_empty() {
-                            generator.generate_any(
-                                size,
-                                size,
-                                stream.wrapping_mul(31).wrapping_add(i),
-                            )
-                        } else {
-                            let m = &masks[(rng.next_u64() % masks.len() as u64) as usize];
-                            m.resize_conservative(size, size)
-                        };
-                        valids.push(valid_tensor(&mask));
-                    }
-                    let b = Batch {
-                        gt: Tensor::stack(&imgs, 0),
-                        valid: Tensor::stack(&valids, 0),
-                    };
-                    if tx.send(b).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Self { rx, stop }
-    }
-
-    fn next(&self) -> Batch {
-        self.rx
-            .recv()
-            .expect("loader threads run until the loader is dropped")
-    }
-}
-
-impl Drop for Loader {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        while self.rx.try_recv().is_ok() {}
-    }
-}
-
-/// A random square crop with scale jitter (0.8–1.25×) and a horizontal flip.
-fn random_crop(photo: &RgbImage, size: u32, rng: &mut Rng) -> RgbImage {
-    let (w, h) = photo.dimensions();
-    let side = ((size as f64 * rng.range(0.8, 1.25)).round() as u32)
-        .min(w.min(h))
-        .max(1);
-    let x = rng.below(0, w - side + 1);
-    let y = rng.below(0, h - side + 1);
-    let crop = imageops::crop_imm(photo, x, y, side, side).to_image();
-    let mut crop = if side == size {
-        crop
-    } else {
-        imageops::resize(&crop, size, size, imageops::FilterType::Triangle)
-    };
-    if rng.uniform() < 0.5 {
-        imageops::flip_horizontal_in_place(&mut crop);
-    }
-    crop
-}
-
-/// Set by Ctrl-C; the training loop saves a checkpoint and stops.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Makes Ctrl-C stop training cleanly (checkpoint saved) instead of killing it. Call once,
-/// from a binary; libraries embedding the trainer use the callback instead.
-pub fn install_ctrlc_handler() {
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
-}
-
 /// Trains a model on a folder of photos; see the module docs.
 pub struct FineTuner {
     cfg: TrainConfig,
@@ -437,37 +164,18 @@ pub struct FineTuner {
     pace_mark: Option<(u64, Duration)>,
     /// The run's own `(steps, stage2_at)`, the most a time budget may plan for.
     requested: (u64, u64),
+    cancel: CancelToken,
 }
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
-
-/// `(steps, stage2_at)` for a run at `step` that takes `per_step` seconds a step and has
-/// `left` of its time budget: 95 % of what is left (validation and checkpoints take time
-/// too), never beyond the run's `requested` plan. Stage 2 keeps its share of the run until it
-/// has begun, and is not moved after.
-pub fn plan_for_budget(
-    step: u64,
-    per_step: f64,
-    left: Duration,
-    (requested_steps, requested_stage2): (u64, u64),
-    stage2_at: u64,
-) -> (u64, u64) {
-    let fits = step + (0.95 * left.as_secs_f64() / per_step.max(1e-9)) as u64;
-    let steps = fits.clamp(step + 1, requested_steps.max(step + 1));
-    if step >= stage2_at {
-        return (steps, stage2_at);
-    }
-    let share = requested_stage2 as f64 / requested_steps.max(1) as f64;
-    (steps, ((share * steps as f64) as u64).min(requested_stage2))
-}
 
 impl FineTuner {
     /// Loads the data and the model, resuming from `run_dir/checkpoint.safetensors` if it
     /// exists.
     pub fn new(cfg: TrainConfig) -> Result<Self> {
-        let paths = crate::io::list_files(&cfg.data)?;
+        let paths = crate::imaging::io::list_files(&cfg.data)?;
         let (train_paths, val_paths): (Vec<PathBuf>, Vec<PathBuf>) = match &cfg.val_data {
-            Some(dir) => (paths, crate::io::list_files(dir)?),
+            Some(dir) => (paths, crate::imaging::io::list_files(dir)?),
             None => {
                 let (v, t): (Vec<_>, Vec<_>) =
                     paths.into_iter().enumerate().partition(|(i, _)| i % 7 == 6);
@@ -502,7 +210,9 @@ impl FineTuner {
             }
             None => {
                 // The pixel terms (L1 or squared error, TV) still train; only the VGG terms drop out.
-                eprintln!("warning: no VGG feature file given; training without the perceptual and style terms");
+                tracing::warn!(
+                    "no VGG feature file given; training without the perceptual and style terms"
+                );
                 None
             }
         };
@@ -524,9 +234,9 @@ impl FineTuner {
         };
         model.net.train_compute = cfg.bf16.then_some(Kind::BFloat16);
         if cfg.bf16 && cfg.device == Device::Cpu && !cpu_has_native_bf16() {
-            eprintln!(
-                "warning: this CPU has no AVX512-BF16, so bf16 is emulated: a training step \
-                 took 9x as long as in fp32 on such a CPU; drop --bf16"
+            tracing::warn!(
+                "this CPU has no AVX512-BF16, so bf16 is emulated: a training step took 9x as \
+                 long as in fp32 on such a CPU; train in fp32 instead"
             );
         }
         // Each encoder level halves the crop; a crop that does not halve evenly down to the
@@ -563,23 +273,35 @@ impl FineTuner {
             history: Vec::new(),
             pace_mark: None,
             requested,
+            cancel: CancelToken::new(),
         })
     }
 
+    /// Stops [`FineTuner::run`] when `token` is cancelled, as a `Break` from its callback
+    /// does; set it before `run`, from whatever owns the cancel (a signal, a job table).
+    pub fn with_cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// Steps done so far; non-zero after resuming from a checkpoint.
     pub fn step(&self) -> u64 {
         self.step
     }
 
+    /// The model being trained.
     pub fn model(&self) -> &Model {
         &self.model
     }
 
+    /// Photos that could not be decoded and were left out.
     pub fn skipped_images(&self) -> usize {
         self.skipped
     }
 
-    /// Trains until `cfg.steps`, calling `callback` after each step; `Break` stops the run
-    /// after saving a checkpoint (as Ctrl-C does) and returns [`Error::Interrupted`].
+    /// Trains until `cfg.steps`, calling `callback` after each step; `Break`, or a cancelled
+    /// [`CancelToken`], stops the run after saving a checkpoint and returns
+    /// [`Error::Interrupted`].
     pub fn run(
         &mut self,
         mut callback: impl FnMut(&Progress) -> ControlFlow<()>,
@@ -661,7 +383,7 @@ impl FineTuner {
                 val: val.clone(),
             };
             self.record(&mut log, &progress)?;
-            let stop = callback(&progress).is_break() || INTERRUPTED.load(Ordering::SeqCst);
+            let stop = callback(&progress).is_break() || self.cancel.is_cancelled();
             if stop || self.step.is_multiple_of(self.cfg.checkpoint_every) {
                 self.save_checkpoint()?;
             }
@@ -800,7 +522,7 @@ impl FineTuner {
 
     fn write_plot(&self) -> Result<()> {
         let path = self.cfg.run_dir.join("progress.png");
-        crate::plot::loss_and_psnr(&self.history, &path)
+        crate::train::plot::loss_and_psnr(&self.history, &path)
     }
 
     fn write_grid(&self) -> Result<()> {
@@ -811,12 +533,12 @@ impl FineTuner {
             let mask = &eval_masks(size, i)[2];
             let filled = self.model.fill_native(&[gt], &[mask])?.remove(0);
             rows.push([
-                crate::plot::show_holes(gt, mask),
+                crate::train::plot::show_holes(gt, mask),
                 composite(gt, &filled, mask),
                 gt.clone(),
             ]);
         }
-        crate::plot::grid(&rows, &self.cfg.run_dir.join("samples.png"))
+        crate::train::plot::grid(&rows, &self.cfg.run_dir.join("samples.png"))
     }
 
     /// Weights, Adam state and step, written atomically.

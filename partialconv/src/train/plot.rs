@@ -7,7 +7,7 @@ use std::path::Path;
 use image::{imageops, Rgb, RgbImage};
 
 use crate::error::{Error, Result};
-use crate::masks::HoleMask;
+use crate::imaging::masks::HoleMask;
 
 const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
 const GREY: Rgb<u8> = Rgb([200, 200, 200]);

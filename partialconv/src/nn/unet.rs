@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
-use crate::layer::{
+use crate::nn::layer::{
     channels_last, partial_conv2d, Convention, Mask, PartialConv2d, PartialConvConfig,
 };
 
@@ -19,8 +19,11 @@ pub struct PConvUNetConfig {
     pub layer_size: usize,
     /// Channels of the first encoder level; the paper's 64 doubles up to `8·width`.
     pub width: i64,
+    /// Channels of the input image (3 for RGB).
     pub input_channels: i64,
+    /// How every partial convolution renormalises; imported checkpoints are `Unscaled`.
     pub convention: Convention,
+    /// Guards the `Scaled` division (see [`PartialConvConfig::eps`](crate::PartialConvConfig)).
     #[serde(default = "default_eps")]
     pub eps: f64,
 }
@@ -70,6 +73,7 @@ impl PConvUNetConfig {
         }
     }
 
+    /// Why the configuration cannot be built, if it cannot (a depth outside 4..=10, ...).
     pub fn validate(&self) -> Result<(), String> {
         if !(4..=10).contains(&self.layer_size) {
             return Err(format!(
@@ -344,6 +348,8 @@ pub struct PConvUNet {
 }
 
 impl PConvUNet {
+    /// A freshly initialised network whose variables live under `vs`, named as the public
+    /// PyTorch reimplementation names them (`enc_1.conv.input_conv.weight`, ...).
     pub fn new(vs: &nn::Path, config: PConvUNetConfig) -> Self {
         let c = &config;
         let mut encoder = Vec::with_capacity(c.layer_size);
@@ -419,6 +425,7 @@ impl PConvUNet {
         self.channels_last = on;
     }
 
+    /// Whether it runs in NHWC order; see [`PConvUNet::set_channels_last`].
     pub fn is_channels_last(&self) -> bool {
         self.channels_last
     }
@@ -426,8 +433,8 @@ impl PConvUNet {
     /// Folds every batch norm into its convolution for inference (as candle's `absorb_bn`),
     /// which removes a pass over each feature map and lets the masking, bias and activation
     /// run in place. `forward_t(.., train = false)` then uses the folded weights, so call it
-    /// again after the weights, their device or their dtype change; [`clear_absorbed_bn`]
-    /// (Self::clear_absorbed_bn) returns to the plain path. The inpainter does this once
+    /// again after the weights, their device or their dtype change;
+    /// [`clear_absorbed_bn`](Self::clear_absorbed_bn) returns to the plain path. The inpainter does this once
     /// at load.
     pub fn absorb_bn(&mut self) {
         for block in &mut self.encoder {
@@ -442,7 +449,7 @@ impl PConvUNet {
     /// (`(x, mask)` as for [`forward_t`](Self::forward_t)), each layer seeing the batch
     /// statistics of the layers before it, as in training. Training keeps an exponential
     /// average over its last few dozen batches, which is noisy for small batches and, for a
-    /// weight average ([`crate::average`]), describes none of the averaged weights; this is
+    /// weight average ([`crate::train::average`]), describes none of the averaged weights; this is
     /// SWA's `update_bn` (Izmailov et al. 2018). Returns the number of batches used.
     pub fn recalibrate_bn(&mut self, batches: impl IntoIterator<Item = (Tensor, Mask)>) -> usize {
         let (freeze, compute) = (self.freeze_enc_bn, self.train_compute);
@@ -484,12 +491,15 @@ impl PConvUNet {
         n
     }
 
+    /// Drops the folded weights of [`PConvUNet::absorb_bn`], so that inference uses the batch
+    /// norms again (needed before training a network that was folded).
     pub fn clear_absorbed_bn(&mut self) {
         for block in self.encoder.iter_mut().chain(&mut self.decoder) {
             block.fused = None;
         }
     }
 
+    /// The shape it was built with.
     pub fn config(&self) -> &PConvUNetConfig {
         &self.config
     }

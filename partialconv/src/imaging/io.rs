@@ -7,7 +7,7 @@ use std::path::Path;
 use image::{DynamicImage, ImageDecoder, ImageReader};
 
 use crate::error::{Error, Result};
-use crate::masks::HoleMask;
+use crate::imaging::masks::HoleMask;
 
 /// Decodes an image from bytes, rejecting it from its header if it has more than
 /// `max_pixels` pixels (a decompression bomb costs nothing then). `what` names the source in

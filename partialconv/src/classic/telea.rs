@@ -45,6 +45,9 @@ const CHANGE: u8 = 3;
 /// Arrival time given to cells nothing has reached (OpenCV's 1e6).
 const FAR: f32 = 1.0e6;
 
+/// Telea's neighbourhood radius, as in `cv2.inpaint(img, mask, 4, cv2.INPAINT_TELEA)`.
+pub const TELEA_RADIUS: f32 = 4.0;
+
 /// Inpaint the pixels where `mask` is non-zero with Telea's method, using
 /// neighbourhoods of `radius` pixels (rounded half-to-even and clamped to
 /// 1..=100, as OpenCV does).

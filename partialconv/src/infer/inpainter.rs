@@ -5,20 +5,25 @@ use std::path::Path;
 use std::str::FromStr;
 
 use image::{imageops, DynamicImage, GenericImageView, RgbImage, RgbaImage};
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
-use crate::blend::{telea_blend, Blend};
-use crate::checkpoint::{Model, Normalization};
-use crate::ensemble::SelfEnsemble;
 use crate::error::{Error, Result};
-use crate::layer::Mask;
-use crate::masks::{merge_overlapping, HoleMask, Rect};
+use crate::imaging::masks::{merge_overlapping, HoleMask, Rect};
+use crate::infer::blend::{telea_blend, Blend};
+use crate::infer::ensemble::SelfEnsemble;
+use crate::model::Model;
 
-/// Environment variable naming a model file to use instead of the bundled one.
-pub const MODEL_ENV: &str = "PARTIALCONV_MODEL";
+// The paths these had before the layers, which the server, the bindings and the benches use.
+#[doc(hidden)]
+pub use crate::device::parse_device;
+#[doc(hidden)]
+pub use crate::imaging::convert::composite;
+#[doc(hidden)]
+pub use crate::model::source::{bundled_model, load_model, MODEL_ENV};
 
 /// How an image is brought to the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Strategy {
     /// Picks one of the others from the image size, the holes and the model: see [`choose`].
     #[default]
@@ -26,7 +31,10 @@ pub enum Strategy {
     /// The whole image at native resolution, reflect-padded to a multiple of `2^layer_size`.
     Original,
     /// Long side scaled to `long_side`, the fill upscaled back and composited.
-    Resize { long_side: u32 },
+    Resize {
+        /// The side the image's longer side is scaled to.
+        long_side: u32,
+    },
     /// One native-resolution crop per hole region (with context), pasted back.
     Crop,
 }
@@ -107,66 +115,6 @@ pub fn choose(width: u32, height: u32, hole_boxes: &[Rect], working_side: u32) -
     }
 }
 
-/// Parses `auto` (the first GPU when CUDA is present, else the CPU), `cpu`, `cuda` or
-/// `cuda:N`, failing clearly where a named GPU is absent.
-pub fn parse_device(s: &str) -> Result<Device> {
-    let cuda = |i: usize| {
-        if !tch::Cuda::is_available() {
-            return Err(Error::Device(
-                s.into(),
-                "CUDA is not available on this machine".into(),
-            ));
-        }
-        let n = tch::Cuda::device_count() as usize;
-        if i >= n {
-            return Err(Error::Device(
-                s.into(),
-                format!("only {n} CUDA device(s) present"),
-            ));
-        }
-        Ok(Device::Cuda(i))
-    };
-    match s {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda(0),
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => cuda(i),
-            _ => Err(Error::Device(
-                s.into(),
-                "expected auto, cpu, cuda or cuda:N".into(),
-            )),
-        },
-    }
-}
-
-/// The model compiled into this build, if any (`models/default.safetensors`).
-pub fn bundled_model() -> Option<&'static [u8]> {
-    #[cfg(all(feature = "bundled-model", bundled_model))]
-    {
-        Some(include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../models/default.safetensors"
-        )))
-    }
-    #[cfg(not(all(feature = "bundled-model", bundled_model)))]
-    {
-        None
-    }
-}
-
-/// Loads `path`, else `$PARTIALCONV_MODEL`, else the bundled model.
-pub fn load_model(path: Option<&Path>, device: Device) -> Result<Model> {
-    if let Some(p) = path {
-        return Model::load(p, device);
-    }
-    if let Some(p) = std::env::var_os(MODEL_ENV).filter(|p| !p.is_empty()) {
-        return Model::load(Path::new(&p), device);
-    }
-    let bytes = bundled_model().ok_or(Error::NoModel)?;
-    Model::from_bytes(bytes, "bundled model", device)
-}
-
 /// Runs a [`Model`] on images.
 #[derive(Debug)]
 pub struct Inpainter {
@@ -184,6 +132,7 @@ pub struct Inpainter {
 unsafe impl Sync for Inpainter {}
 
 impl Inpainter {
+    /// Wraps a loaded model, with batch norm folded into the convolutions for inference.
     pub fn new(mut model: Model) -> Self {
         // The weights never change from here on.
         model.net.absorb_bn();
@@ -194,7 +143,7 @@ impl Inpainter {
         }
     }
 
-    /// Which flipped views each fill averages ([`crate::ensemble`]): [`SelfEnsemble::Flips`]
+    /// Which flipped views each fill averages ([`crate::infer::ensemble`]): [`SelfEnsemble::Flips`]
     /// unless set. Each view is another forward pass; the model card weighs the dB against
     /// the time.
     pub fn with_ensemble(mut self, ensemble: SelfEnsemble) -> Self {
@@ -202,6 +151,7 @@ impl Inpainter {
         self
     }
 
+    /// The flipped views each fill averages.
     pub fn ensemble(&self) -> SelfEnsemble {
         self.ensemble
     }
@@ -212,6 +162,7 @@ impl Inpainter {
         self
     }
 
+    /// How fills meet the photo.
     pub fn blend(&self) -> Blend {
         self.blend
     }
@@ -222,14 +173,16 @@ impl Inpainter {
     }
 
     /// The model's header. (The weights stay private: see the `Sync` impl above.)
-    pub fn meta(&self) -> &crate::checkpoint::ModelMeta {
+    pub fn meta(&self) -> &crate::model::ModelMeta {
         &self.model.meta
     }
 
+    /// Trainable weights of the network, for reports.
     pub fn parameter_count(&self) -> usize {
         self.model.parameter_count()
     }
 
+    /// Where the network runs.
     pub fn device(&self) -> Device {
         self.model.vs.device()
     }
@@ -370,17 +323,6 @@ fn check_mask_size(w: u32, h: u32, mask: &HoleMask) -> Result<()> {
     Ok(())
 }
 
-/// Original pixels outside the hole, `filled` inside.
-pub fn composite(original: &RgbImage, filled: &RgbImage, mask: &HoleMask) -> RgbImage {
-    let mut out = original.clone();
-    for ((o, f), &hole) in out.pixels_mut().zip(filled.pixels()).zip(mask.as_slice()) {
-        if hole {
-            *o = *f;
-        }
-    }
-    out
-}
-
 /// Restores the input's alpha channel, if it had one.
 fn finish(input: &DynamicImage, rgb: RgbImage) -> DynamicImage {
     if !input.color().has_alpha() {
@@ -392,153 +334,4 @@ fn finish(input: &DynamicImage, rgb: RgbImage) -> DynamicImage {
         image::Rgba([r, g, b, alpha.get_pixel(x, y)[3]])
     });
     DynamicImage::ImageRgba8(rgba)
-}
-
-/// `3×H×W` floats in `[0, 1]`.
-pub fn image_to_tensor(img: &RgbImage) -> Tensor {
-    let (w, h) = img.dimensions();
-    Tensor::from_slice(img.as_raw())
-        .view([h as i64, w as i64, 3])
-        .permute([2, 0, 1])
-        .to_kind(Kind::Float)
-        / 255.0
-}
-
-/// `1×H×W`, 1 where valid.
-pub fn valid_tensor(mask: &HoleMask) -> Tensor {
-    let valid: Vec<f32> = mask
-        .as_slice()
-        .iter()
-        .map(|&hole| if hole { 0.0 } else { 1.0 })
-        .collect();
-    Tensor::from_slice(&valid).view([1, mask.height() as i64, mask.width() as i64])
-}
-
-/// `3×H×W` uint8 to an image.
-fn tensor_to_image(t: &Tensor) -> Result<RgbImage> {
-    let (h, w) = (t.size()[1], t.size()[2]);
-    let hwc = t.permute([1, 2, 0]).contiguous();
-    let mut buf = vec![0u8; (h * w * 3) as usize];
-    let numel = buf.len();
-    hwc.f_copy_data_u8(&mut buf, numel)?;
-    Ok(RgbImage::from_raw(w as u32, h as u32, buf).expect("buffer matches dimensions"))
-}
-
-fn channel_stats(norm: &Normalization, device: Device) -> (Tensor, Tensor) {
-    let mean = Tensor::from_slice(&norm.mean)
-        .view([1, 3, 1, 1])
-        .to_device(device);
-    let std = Tensor::from_slice(&norm.std)
-        .view([1, 3, 1, 1])
-        .to_device(device);
-    (mean, std)
-}
-
-pub fn normalize(x: &Tensor, norm: &Normalization) -> Tensor {
-    let (mean, std) = channel_stats(norm, x.device());
-    (x - mean) / std
-}
-
-pub fn denormalize(x: &Tensor, norm: &Normalization) -> Tensor {
-    let (mean, std) = channel_stats(norm, x.device());
-    x * std + mean
-}
-
-/// Reflect-pads the bottom and right of `N×C×H×W` up to a multiple of `multiple`. Images
-/// smaller than the padding are reflected repeatedly, since one reflection can add at most
-/// `side − 1` pixels.
-pub fn pad_to_multiple(x: &Tensor, multiple: i64) -> Tensor {
-    let mut x = x.shallow_clone();
-    loop {
-        let s = x.size();
-        let (h, w) = (s[2], s[3]);
-        let need_h = (multiple - h % multiple) % multiple;
-        let need_w = (multiple - w % multiple) % multiple;
-        if need_h == 0 && need_w == 0 {
-            return x;
-        }
-        let (ph, pw) = (need_h.min(h - 1), need_w.min(w - 1));
-        x = if ph == 0 && pw == 0 {
-            // A 1-pixel side cannot be reflected; repeat it instead.
-            x.replication_pad2d([0, need_w, 0, need_h])
-        } else {
-            x.reflection_pad2d([0, pw, 0, ph])
-        };
-    }
-}
-
-impl Model {
-    /// The network's raw prediction for same-size images at native resolution (no composite).
-    pub fn fill_native(&self, images: &[&RgbImage], masks: &[&HoleMask]) -> Result<Vec<RgbImage>> {
-        self.fill_native_with(images, masks, SelfEnsemble::Single)
-    }
-
-    /// [`Model::fill_native`] averaged over the flipped views of `ensemble`
-    /// ([`crate::ensemble`]).
-    pub fn fill_native_with(
-        &self,
-        images: &[&RgbImage],
-        masks: &[&HoleMask],
-        ensemble: SelfEnsemble,
-    ) -> Result<Vec<RgbImage>> {
-        let device = self.vs.device();
-        let x = Tensor::stack(
-            &images
-                .iter()
-                .map(|im| image_to_tensor(im))
-                .collect::<Vec<_>>(),
-            0,
-        )
-        .to_device(device);
-        let valid = Tensor::stack(
-            &masks.iter().map(|m| valid_tensor(m)).collect::<Vec<_>>(),
-            0,
-        )
-        .to_device(device);
-        let flip = |t: &Tensor, dims: &[i64]| match dims {
-            [] => t.shallow_clone(),
-            _ => t.flip(dims),
-        };
-        // The views' fills, each flipped back and summed as they come.
-        let y = ensemble
-            .views()
-            .iter()
-            .map(|&dims| {
-                flip(
-                    &self.predict_tensor(&flip(&x, dims), &flip(&valid, dims)),
-                    dims,
-                )
-            })
-            .reduce(|sum, y| sum + y)
-            .expect("every ensemble has a view")
-            / ensemble.passes() as f64;
-        let y = (y.clamp(0.0, 1.0) * 255.0)
-            .round()
-            .to_kind(Kind::Uint8)
-            .to_device(Device::Cpu);
-        (0..images.len() as i64)
-            .map(|i| tensor_to_image(&y.get(i)))
-            .collect()
-    }
-
-    /// `N×3×H×W` in `[0, 1]` and its `N×1×H×W` valid map to the prediction in `[0, 1]`
-    /// (unclamped), any `H×W`.
-    fn predict_tensor(&self, x: &Tensor, valid: &Tensor) -> Tensor {
-        let (h, w) = (x.size()[2], x.size()[3]);
-        let norm = &self.meta.normalization;
-        let x = normalize(x, norm);
-        let multiple = self.net.config().multiple();
-        let (x, valid) = (
-            pad_to_multiple(&x, multiple),
-            pad_to_multiple(valid, multiple),
-        );
-        let channels = self.net.config().input_channels;
-        let y = tch::no_grad(|| {
-            let (y, _) = self
-                .net
-                .forward_t(&(&x * &valid), &Mask::shared(valid, channels), false);
-            y
-        });
-        denormalize(&y, norm).narrow(2, 0, h).narrow(3, 0, w)
-    }
 }

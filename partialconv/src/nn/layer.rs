@@ -26,9 +26,13 @@ pub enum Convention {
 /// Hyper-parameters of one [`PartialConv2d`], in the spirit of `tch::nn::ConvConfig`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PartialConvConfig {
+    /// Step of the window, in pixels.
     pub stride: i64,
+    /// Zero padding on every side, in pixels (the mask is padded as holes).
     pub padding: i64,
+    /// Whether the layer has a bias, added after the renormalisation.
     pub bias: bool,
+    /// How the window sum is renormalised by the valid count.
     pub convention: Convention,
     /// Guards the `Scaled` division; 1e-8 in fp32, use 1e-6 in half precision.
     pub eps: f64,
@@ -47,6 +51,7 @@ impl Default for PartialConvConfig {
 }
 
 impl PartialConvConfig {
+    /// The same configuration without a bias (for layers followed by batch norm).
     pub fn no_bias(self) -> Self {
         Self {
             bias: false,
@@ -75,6 +80,7 @@ impl Mask {
         Mask::Grouped(vec![(map, channels)])
     }
 
+    /// Channels of the input the mask describes.
     pub fn channels(&self) -> i64 {
         match self {
             Mask::Grouped(groups) => groups.iter().map(|(_, c)| c).sum(),
@@ -115,6 +121,7 @@ impl Mask {
         }
     }
 
+    /// The mask at twice the resolution, for the decoder's nearest-neighbour upsampling.
     pub fn upsample_nearest2x(&self) -> Mask {
         let up = |m: &Tensor| {
             let s = m.size();
@@ -150,7 +157,9 @@ impl Mask {
 /// A 2-D partial convolution. Weight names (`weight`, `bias`) follow `tch::nn::Conv2D`.
 #[derive(Debug)]
 pub struct PartialConv2d {
+    /// `out × in × k × k`, registered as `weight`.
     pub weight: Tensor,
+    /// `out`, registered as `bias`; `None` when the config has no bias.
     pub bias: Option<Tensor>,
     in_channels: i64,
     out_channels: i64,
@@ -199,18 +208,22 @@ impl PartialConv2d {
         }
     }
 
+    /// The hyper-parameters it was built with.
     pub fn config(&self) -> &PartialConvConfig {
         &self.config
     }
 
+    /// Channels it reads.
     pub fn in_channels(&self) -> i64 {
         self.in_channels
     }
 
+    /// Channels it writes.
     pub fn out_channels(&self) -> i64 {
         self.out_channels
     }
 
+    /// Side of the square window.
     pub fn kernel_size(&self) -> i64 {
         self.kernel_size
     }

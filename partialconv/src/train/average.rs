@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use tch::Device;
 
-use crate::checkpoint::Model;
 use crate::error::{Error, Result};
+use crate::model::Model;
 
 /// The element-wise mean of every variable of `models`, batch-norm running statistics
 /// included (each member's statistics describe its own weights, and the members are close

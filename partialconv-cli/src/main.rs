@@ -288,10 +288,11 @@ struct TrainArgs {
 }
 
 fn main() -> ExitCode {
+    init_logging();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", with_hint(&e));
             if e.is_bad_input() {
                 ExitCode::from(2)
             } else {
@@ -475,12 +476,64 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
     }
 }
 
+/// What the library says to anyone, plus what to type about it here: the library's
+/// messages name no flags, since the server and Python have none.
+fn with_hint(e: &Error) -> String {
+    match e {
+        Error::MaskSize { .. } => format!("{e} {RESIZE_MASK_HINT}"),
+        Error::NoModel => {
+            "no model: this build has no bundled model; pass --model or set PARTIALCONV_MODEL"
+                .to_owned()
+        }
+        e => e.to_string(),
+    }
+}
+
+const RESIZE_MASK_HINT: &str = "(use --resize-mask to scale it)";
+
 /// A mask-size error is about the mask file; say which.
 fn name_mask_error(e: Error, mask: &Path) -> Error {
     match e {
-        Error::MaskSize { .. } => Error::InvalidArgument(format!("{}: {e}", mask.display())),
+        Error::MaskSize { .. } => {
+            Error::InvalidArgument(format!("{}: {e} {RESIZE_MASK_HINT}", mask.display()))
+        }
         e => e,
     }
+}
+
+/// Shows the library's `tracing` warnings as the CLI's own notes look: `warning: …` on
+/// stderr, without timestamps or targets.
+fn init_logging() {
+    use tracing_subscriber::fmt::{format, FmtContext, FormatEvent, FormatFields};
+    use tracing_subscriber::registry::LookupSpan;
+
+    struct Plain;
+    impl<S, N> FormatEvent<S, N> for Plain
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        fn format_event(
+            &self,
+            ctx: &FmtContext<'_, S, N>,
+            mut writer: format::Writer<'_>,
+            event: &tracing::Event<'_>,
+        ) -> std::fmt::Result {
+            let label = match *event.metadata().level() {
+                tracing::Level::ERROR => "error",
+                tracing::Level::WARN => "warning",
+                _ => "note",
+            };
+            write!(writer, "{label}: ")?;
+            ctx.field_format().format_fields(writer.by_ref(), event)?;
+            writeln!(writer)
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .event_format(Plain)
+        .init();
 }
 
 fn batch(
@@ -549,7 +602,7 @@ fn batch(
 }
 
 fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
-    use partialconv::train::{install_ctrlc_handler, FineTuner, TrainConfig};
+    use partialconv::train::{CancelToken, FineTuner, TrainConfig};
     let mut cfg = TrainConfig::new(&a.data, &a.out);
     cfg.val_data = a.val_data;
     cfg.masks = a.masks;
@@ -590,8 +643,12 @@ fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
     cfg.loss.hole_mse = a.hole_mse_weight;
     cfg.snapshot_every = a.snapshot_every.filter(|&n| n > 0);
     cfg.bf16 = a.bf16;
-    install_ctrlc_handler();
-    let mut tuner = FineTuner::new(cfg.clone())?;
+    // Ctrl-C stops training cleanly, checkpoint saved, instead of killing it. Installed
+    // before the photos load, so that a Ctrl-C during loading stops after the first step.
+    let cancel = CancelToken::new();
+    let on_ctrlc = cancel.clone();
+    let _ = ctrlc::set_handler(move || on_ctrlc.cancel());
+    let mut tuner = FineTuner::new(cfg.clone())?.with_cancel_token(cancel);
     if tuner.skipped_images() > 0 {
         eprintln!(
             "note: skipped {} unreadable image(s)",

@@ -1,9 +1,17 @@
-//! Model files: safetensors weights plus a JSON header describing the architecture, and the
-//! import of the public PyTorch reimplementation's `.pth` checkpoints.
+//! Model files: safetensors weights plus a JSON header describing the architecture, the
+//! normalisation inputs get, the import of the public PyTorch reimplementation's `.pth`
+//! checkpoints ([`pth`]) and where a model comes from when the caller names none
+//! ([`source`]).
 //!
 //! The header lives in the safetensors metadata under the key `partialconv` as [`ModelMeta`].
 
-pub mod torch_pickle;
+pub mod pth;
+pub mod source;
+
+pub use pth::{canonical_name, import_pth};
+pub use source::{bundled_model, load_model, MODEL_ENV};
+// Its own crate now; re-exported so `checkpoint::torch_pickle` keeps working.
+pub use torch_pickle;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -13,8 +21,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::layer::Convention;
-use crate::unet::{PConvUNet, PConvUNetConfig};
+use crate::nn::unet::{PConvUNet, PConvUNetConfig};
 
 /// Key of the JSON header in the safetensors metadata.
 pub const META_KEY: &str = "partialconv";
@@ -22,7 +29,9 @@ pub const META_KEY: &str = "partialconv";
 /// Per-channel normalisation applied to RGB in `[0, 1]` before the network.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
+    /// Per-channel mean subtracted, R, G, B.
     pub mean: [f32; 3],
+    /// Per-channel standard deviation divided by, R, G, B.
     pub std: [f32; 3],
 }
 
@@ -40,10 +49,34 @@ impl Default for Normalization {
     }
 }
 
+fn channel_stats(norm: &Normalization, device: Device) -> (Tensor, Tensor) {
+    let mean = Tensor::from_slice(&norm.mean)
+        .view([1, 3, 1, 1])
+        .to_device(device);
+    let std = Tensor::from_slice(&norm.std)
+        .view([1, 3, 1, 1])
+        .to_device(device);
+    (mean, std)
+}
+
+/// RGB in `[0, 1]` (`N×3×H×W`) to the network's input space.
+pub fn normalize(x: &Tensor, norm: &Normalization) -> Tensor {
+    let (mean, std) = channel_stats(norm, x.device());
+    (x - mean) / std
+}
+
+/// The network's output space back to RGB in `[0, 1]`.
+pub fn denormalize(x: &Tensor, norm: &Normalization) -> Tensor {
+    let (mean, std) = channel_stats(norm, x.device());
+    x * std + mean
+}
+
 /// Everything about a model file except its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
+    /// The network's shape, which the weights must match.
     pub config: PConvUNetConfig,
+    /// What inputs are normalised with; ImageNet's when the header omits it.
     #[serde(default)]
     pub normalization: Normalization,
     /// Side length the model was trained at; `auto` uses it to pick a working resolution.
@@ -55,6 +88,7 @@ pub struct ModelMeta {
 }
 
 impl ModelMeta {
+    /// A header for `config` with ImageNet normalisation and no provenance.
     pub fn new(config: PConvUNetConfig) -> Self {
         Self {
             config,
@@ -67,7 +101,9 @@ impl ModelMeta {
 
 /// How weights are stored on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Storage {
+    /// Full precision, as trained.
     #[default]
     F32,
     /// Halves the file; weights are widened back to fp32 on load.
@@ -76,8 +112,11 @@ pub enum Storage {
 
 /// A network with its weights and header.
 pub struct Model {
+    /// The header.
     pub meta: ModelMeta,
+    /// The weights, on the model's device.
     pub vs: nn::VarStore,
+    /// The network reading them.
     pub net: PConvUNet,
 }
 
@@ -99,6 +138,7 @@ impl Model {
         Ok(Self { meta, vs, net })
     }
 
+    /// Reads a model file (safetensors with the `partialconv` header) onto `device`.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::from_bytes(&bytes, &path.display().to_string(), device)
@@ -178,6 +218,7 @@ impl Model {
         })
     }
 
+    /// Trainable weights (batch-norm statistics are not counted).
     pub fn parameter_count(&self) -> usize {
         self.vs
             .trainable_variables()
@@ -251,81 +292,4 @@ fn copy_into(
         }
         Ok(())
     })
-}
-
-/// Our name for a state-dict key of the public reimplementation, or `None` for entries that
-/// are not part of the function (the constant-ones `mask_conv`, BN's batch counter).
-pub fn canonical_name(key: &str) -> Option<String> {
-    if key.contains(".mask_conv.") || key.ends_with("num_batches_tracked") {
-        return None;
-    }
-    Some(key.replace(".conv.input_conv.", ".conv."))
-}
-
-/// Imports a checkpoint of the public PyTorch reimplementation (a `{'n_iter', 'model',
-/// 'optimizer'}` dict, zip or legacy format) as a partialconv model. The file is read with a
-/// restricted unpickler that runs no code from it.
-pub fn import_pth(src: &Path) -> Result<Model> {
-    let bytes = std::fs::read(src).map_err(|e| Error::io(src, e))?;
-    let file = torch_pickle::read_pth(&bytes).map_err(|source| Error::Pth {
-        path: src.into(),
-        source,
-    })?;
-    let what = src.display().to_string();
-    let bad = |reason: String| Error::Checkpoint {
-        what: what.clone(),
-        reason,
-    };
-    // Bare state dicts exist too; accept both.
-    let prefix = if file.tensors.keys().any(|k| k.starts_with("model.")) {
-        "model."
-    } else {
-        ""
-    };
-    let weights: HashMap<String, &torch_pickle::RawTensor> = file
-        .tensors
-        .iter()
-        .filter_map(|(key, t)| {
-            key.strip_prefix(prefix)
-                .and_then(canonical_name)
-                .map(|n| (n, t))
-        })
-        .collect();
-    let layer_size = (1..)
-        .take_while(|i| weights.contains_key(&format!("enc_{i}.conv.weight")))
-        .count();
-    let first = weights.get("enc_1.conv.weight").ok_or_else(|| {
-        bad("no `enc_1.conv.input_conv.weight`: not a PConvUNet checkpoint".into())
-    })?;
-    if first.shape.len() != 4 {
-        return Err(bad(format!("`enc_1` weight has shape {:?}", first.shape)));
-    }
-    let config = PConvUNetConfig {
-        layer_size,
-        width: first.shape[0] as i64,
-        input_channels: first.shape[1] as i64,
-        convention: Convention::Unscaled,
-        eps: 1e-8,
-    };
-    let mut meta = ModelMeta::new(config);
-    meta.training = serde_json::json!({
-        "imported_from": src.file_name().map(|n| n.to_string_lossy().into_owned()),
-        "n_iter": match file.scalars.get("n_iter") {
-            Some(torch_pickle::Scalar::Int(n)) => Some(*n),
-            _ => None,
-        },
-    });
-    let model = Model::new(meta, Device::Cpu).map_err(|e| bad(e.to_string()))?;
-    copy_into(&model.vs, &what, |name| {
-        let Some(raw) = weights.get(name) else {
-            return Ok(None);
-        };
-        let data = raw.to_f32_vec().map_err(|source| Error::Pth {
-            path: src.into(),
-            source,
-        })?;
-        let shape: Vec<i64> = raw.shape.iter().map(|&d| d as i64).collect();
-        Ok(Some(Tensor::from_slice(&data).reshape(shape.as_slice())))
-    })?;
-    Ok(model)
 }

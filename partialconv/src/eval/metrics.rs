@@ -17,7 +17,7 @@ use image::RgbImage;
 
 /// Hole-ratio buckets used for reporting: (0.01,0.1], (0.1,0.2], (0.2,0.3],
 /// (0.3,0.4], (0.4,0.5].
-pub const BUCKETS: [(f64, f64); 5] = [(0.01, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5)];
+pub use crate::imaging::masks::RATIO_BUCKETS as BUCKETS;
 
 /// Index into [`BUCKETS`] of the bucket whose half-open interval `(lo, hi]`
 /// contains `hole_ratio`, or `None` when it lies outside all of them (including NaN).

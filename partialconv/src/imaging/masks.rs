@@ -34,19 +34,26 @@ pub struct HoleMask {
 /// An axis-aligned box, `x0..x1` × `y0..y1` (exclusive ends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rect {
+    /// Left edge (inclusive).
     pub x0: u32,
+    /// Top edge (inclusive).
     pub y0: u32,
+    /// Right edge (exclusive).
     pub x1: u32,
+    /// Bottom edge (exclusive).
     pub y1: u32,
 }
 
 impl Rect {
+    /// `x1 − x0`.
     pub fn width(&self) -> u32 {
         self.x1 - self.x0
     }
+    /// `y1 − y0`.
     pub fn height(&self) -> u32 {
         self.y1 - self.y0
     }
+    /// Pixels covered.
     pub fn area(&self) -> u64 {
         self.width() as u64 * self.height() as u64
     }
@@ -141,30 +148,38 @@ impl HoleMask {
         }
     }
 
+    /// Width in pixels.
     pub fn width(&self) -> u32 {
         self.width
     }
+    /// Height in pixels.
     pub fn height(&self) -> u32 {
         self.height
     }
+    /// `(width, height)`, as `image`'s `dimensions()`.
     pub fn dimensions(&self) -> (u32, u32) {
         (self.width, self.height)
     }
+    /// Row-major, `true` = hole.
     pub fn as_slice(&self) -> &[bool] {
         &self.holes
     }
+    /// Whether pixel `(x, y)` is a hole.
     pub fn get(&self, x: u32, y: u32) -> bool {
         self.holes[(y * self.width + x) as usize]
     }
 
+    /// Hole pixels.
     pub fn hole_count(&self) -> usize {
         self.holes.iter().filter(|&&h| h).count()
     }
 
+    /// Share of the image that is hole, in `[0, 1]`.
     pub fn hole_ratio(&self) -> f64 {
         self.hole_count() as f64 / self.holes.len().max(1) as f64
     }
 
+    /// Whether there is no hole at all (prediction returns the input unchanged).
     pub fn is_empty(&self) -> bool {
         !self.holes.iter().any(|&h| h)
     }
@@ -203,6 +218,7 @@ impl HoleMask {
         })
     }
 
+    /// The part of the mask inside `r`.
     pub fn crop(&self, r: Rect) -> HoleMask {
         let mut holes = Vec::with_capacity(r.area() as usize);
         for y in r.y0..r.y1 {
@@ -314,13 +330,17 @@ pub fn merge_overlapping(mut boxes: Vec<Rect>) -> Vec<Rect> {
 }
 
 /// SplitMix64: tiny, fast, and the same on every platform, so masks are reproducible by seed.
+/// Public for the trainer's data loader and the benches; not part of the supported API.
+#[doc(hidden)]
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
 impl Rng {
+    /// A stream determined by `seed`.
     pub fn new(seed: u64) -> Self {
         Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -332,6 +352,7 @@ impl Rng {
     pub fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
+    /// Uniform in `[lo, hi)`.
     pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * self.uniform()
     }
@@ -342,7 +363,8 @@ impl Rng {
 }
 
 /// Hole-ratio buckets of the evaluation protocol: (0.01, 0.1], (0.1, 0.2], ... (0.4, 0.5].
-pub use crate::metrics::BUCKETS as RATIO_BUCKETS;
+pub const RATIO_BUCKETS: [(f64, f64); 5] =
+    [(0.01, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5)];
 
 /// Irregular holes like a user's brush: free-form strokes, ellipses and straight lines.
 ///

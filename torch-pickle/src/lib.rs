@@ -12,7 +12,7 @@
 //!
 //! Python's pickle format is a small stack machine that can call any
 //! importable function, so loading an untrusted checkpoint with `pickle` runs
-//! arbitrary code. This module interprets the pickle itself and only knows a
+//! arbitrary code. This crate interprets the pickle itself and only knows a
 //! handful of harmless callables (tensor rebuilding, `OrderedDict`, the typed
 //! storage classes); any other global is rejected before anything is built.
 //! Every size read from the file is checked against the bytes actually
@@ -21,6 +21,8 @@
 //!
 //! The result is flattened: nested dicts, lists and tuples become dotted keys
 //! (`model.enc_1.conv.input_conv.weight`, `optimizer.param_groups.0.lr`).
+
+#![warn(missing_docs)]
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -59,16 +61,27 @@ const LEGACY_PROTOCOL_VERSION: i64 = 1001;
 
 /// Element type of a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DType {
+    /// IEEE half precision (`torch.float16`, `HalfStorage`).
     F16,
+    /// bfloat16 (`torch.bfloat16`, `BFloat16Storage`).
     BF16,
+    /// IEEE single precision (`torch.float32`, `FloatStorage`).
     F32,
+    /// IEEE double precision (`torch.float64`, `DoubleStorage`).
     F64,
+    /// `torch.int64` (`LongStorage`).
     I64,
+    /// `torch.int32` (`IntStorage`).
     I32,
+    /// `torch.int16` (`ShortStorage`).
     I16,
+    /// `torch.int8` (`CharStorage`).
     I8,
+    /// `torch.uint8` (`ByteStorage`), which quantised weights use.
     U8,
+    /// `torch.bool` (`BoolStorage`), one byte per element.
     Bool,
 }
 
@@ -103,7 +116,9 @@ impl DType {
 /// A dense tensor copied out of a checkpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawTensor {
+    /// Element type, as stored in the checkpoint.
     pub dtype: DType,
+    /// Size of each dimension; empty for a 0-dim tensor.
     pub shape: Vec<usize>,
     /// contiguous (row-major), little-endian
     pub data: Vec<u8>,
@@ -191,10 +206,15 @@ fn f16_to_f32(h: u16) -> f32 {
 /// A non-tensor leaf of a checkpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Scalar {
+    /// A Python `int` that fits in 64 bits.
     Int(i64),
+    /// A Python `float`.
     Float(f64),
+    /// A Python `bool`.
     Bool(bool),
+    /// A Python `str`.
     Str(String),
+    /// Python's `None`.
     None,
 }
 
@@ -205,24 +225,35 @@ pub enum Scalar {
 /// Byte strings are not representable and are skipped.
 #[derive(Debug, Clone, Default)]
 pub struct PthFile {
+    /// Every tensor, by dotted key.
     pub tensors: BTreeMap<String, RawTensor>,
+    /// Every non-tensor leaf (step counts, hyper-parameters, names), by dotted key.
     pub scalars: BTreeMap<String, Scalar>,
 }
 
 /// Why a checkpoint could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PthError {
     /// The pickle names a global outside the allow-list; loading it with
     /// Python would import and possibly call it.
     #[error(
         "forbidden pickle global `{module}.{name}`: checkpoints may only contain tensors and dicts"
     )]
-    ForbiddenGlobal { module: String, name: String },
+    ForbiddenGlobal {
+        /// The module part of the global, e.g. `os`.
+        module: String,
+        /// The attribute part, e.g. `system`.
+        name: String,
+    },
     /// An opcode this reader does not implement (or that does not exist).
     #[error("unsupported pickle opcode 0x{opcode:02x} ({name}) at byte {offset}")]
     UnsupportedOpcode {
+        /// The opcode byte.
         opcode: u8,
+        /// Its name in Python's `pickletools`, or `unknown`.
         name: &'static str,
+        /// Where it sits in the pickle.
         offset: usize,
     },
     /// The pickle asks for a protocol newer than 5.
@@ -230,13 +261,28 @@ pub enum PthError {
     UnsupportedProtocol(u8),
     /// The data ended in the middle of an opcode or before `STOP`.
     #[error("truncated checkpoint: {what} runs past the end of the data at byte {offset}")]
-    Truncated { what: &'static str, offset: usize },
+    Truncated {
+        /// What was being read.
+        what: &'static str,
+        /// Where it began.
+        offset: usize,
+    },
     /// An opcode needed more stack items than the current mark frame holds.
     #[error("malformed pickle: `{opcode}` at byte {offset} pops from an empty stack")]
-    StackUnderflow { opcode: &'static str, offset: usize },
+    StackUnderflow {
+        /// The opcode's name.
+        opcode: &'static str,
+        /// Where it sits in the pickle.
+        offset: usize,
+    },
     /// An opcode that consumes a `MARK` found none.
     #[error("malformed pickle: `{opcode}` at byte {offset} has no matching MARK")]
-    MissingMark { opcode: &'static str, offset: usize },
+    MissingMark {
+        /// The opcode's name.
+        opcode: &'static str,
+        /// Where it sits in the pickle.
+        offset: usize,
+    },
     /// More `MARK`s were open at once than `MAX_MARKS`.
     #[error("pickle nests more than {MAX_MARKS} MARKs")]
     TooManyMarks,
@@ -252,32 +298,57 @@ pub enum PthError {
     /// A value had the wrong type for where it was used.
     #[error("malformed checkpoint: {context} expects {expected}, found {found}")]
     UnexpectedType {
+        /// Where the value was used.
         context: &'static str,
+        /// The type that place takes.
         expected: &'static str,
+        /// The type the pickle gave.
         found: &'static str,
     },
     /// A known callable got the wrong number of arguments.
     #[error("malformed checkpoint: `{callable}` takes {expected} arguments, got {found}")]
     BadArity {
+        /// The callable, e.g. `torch._utils._rebuild_tensor_v2`.
         callable: &'static str,
+        /// The argument counts it takes.
         expected: &'static str,
+        /// The count the pickle gave.
         found: usize,
     },
     /// A string in the pickle is not valid UTF-8.
     #[error("pickle string at byte {offset} is not valid UTF-8")]
-    InvalidUtf8 { offset: usize },
+    InvalidUtf8 {
+        /// Where the string begins.
+        offset: usize,
+    },
     /// A length or integer is negative where only non-negative makes sense.
     #[error("malformed checkpoint: negative {what} ({value})")]
-    Negative { what: &'static str, value: i64 },
+    Negative {
+        /// What the number is (a length, an offset, ...).
+        what: &'static str,
+        /// The number.
+        value: i64,
+    },
     /// An integer does not fit in 64 bits.
     #[error("integer at `{key}` does not fit in 64 bits")]
-    IntegerTooLarge { key: String },
+    IntegerTooLarge {
+        /// The dotted key of the integer.
+        key: String,
+    },
     /// A dict key is not a string, int, bool or None.
     #[error("unsupported dict key of type {found}: keys must be str, int, bool or None")]
-    UnsupportedDictKey { found: &'static str },
+    UnsupportedDictKey {
+        /// The key's Python type.
+        found: &'static str,
+    },
     /// A value that is neither a container, tensor nor scalar.
     #[error("unsupported value of type {found} at `{key}`")]
-    UnsupportedValue { key: String, found: &'static str },
+    UnsupportedValue {
+        /// The dotted key of the value.
+        key: String,
+        /// The value's Python type.
+        found: &'static str,
+    },
     /// Two values flatten to the same dotted key.
     #[error("two values flatten to the same key `{0}`")]
     DuplicateKey(String),
@@ -286,18 +357,30 @@ pub enum PthError {
     UnsupportedPersistentId(String),
     /// One storage key was declared with two different types or sizes.
     #[error("storage `{key}` is declared with conflicting types or sizes")]
-    StorageConflict { key: String },
+    StorageConflict {
+        /// The storage key.
+        key: String,
+    },
     /// A tensor refers to a storage that the file does not contain.
     #[error("tensor refers to storage `{key}`, which is not in the checkpoint")]
-    MissingStorage { key: String },
+    MissingStorage {
+        /// The storage key.
+        key: String,
+    },
     /// The legacy storage table lists a key that no tensor declared.
     #[error("legacy storage table lists `{key}`, which the pickle never declared")]
-    UnknownStorageKey { key: String },
+    UnknownStorageKey {
+        /// The storage key.
+        key: String,
+    },
     /// A storage's bytes do not match its declared element count.
     #[error("storage `{key}` should hold {expected} bytes but holds {actual}")]
     StorageSizeMismatch {
+        /// The storage key.
         key: String,
+        /// Bytes its declaration implies.
         expected: u64,
+        /// Bytes the file holds.
         actual: u64,
     },
     /// A tensor view reaches past the end of its storage.
@@ -305,8 +388,11 @@ pub enum PthError {
         "tensor view needs {needed} elements of storage `{key}`, which holds only {available}"
     )]
     ViewOutOfBounds {
+        /// The storage key.
         key: String,
+        /// Elements the view's offset, sizes and strides reach.
         needed: u128,
+        /// Elements the storage holds.
         available: usize,
     },
     /// A tensor has more than `MAX_NDIM` dimensions.
@@ -314,18 +400,29 @@ pub enum PthError {
     TooManyDims(usize),
     /// `size` and `stride` of a tensor have different lengths.
     #[error("tensor size has {size} dimensions but stride has {stride}")]
-    StrideRankMismatch { size: usize, stride: usize },
+    StrideRankMismatch {
+        /// Dimensions in `size`.
+        size: usize,
+        /// Dimensions in `stride`.
+        stride: usize,
+    },
     /// Size arithmetic overflowed.
     #[error("tensor or storage size overflows: {0}")]
     SizeOverflow(&'static str),
     /// Producing the result would allocate more than the reader's budget.
     #[error("checkpoint expands to more than {limit} bytes in memory; refusing to allocate")]
-    OutputTooLarge { limit: usize },
+    OutputTooLarge {
+        /// The budget, in bytes.
+        limit: usize,
+    },
     /// A [`RawTensor`]'s data length does not match its shape and dtype.
     #[error("tensor data holds {len} bytes, which does not match shape {shape:?} of {dtype:?}")]
     DataLengthMismatch {
+        /// The tensor's shape.
         shape: Vec<usize>,
+        /// The tensor's element type.
         dtype: DType,
+        /// Bytes of data it holds.
         len: usize,
     },
     /// The input is neither a zip archive nor a legacy pickle stream.
@@ -352,14 +449,19 @@ pub enum PthError {
     /// A zip entry could not be decompressed.
     #[error("failed to read zip entry `{name}`: {source}")]
     ZipRead {
+        /// The entry's name in the archive.
         name: String,
+        /// What the decompressor reported.
         source: std::io::Error,
     },
     /// A zip entry claims to decompress to an impossible size.
     #[error("zip entry `{name}` claims {size} bytes from {compressed} compressed bytes")]
     ImplausibleEntrySize {
+        /// The entry's name in the archive.
         name: String,
+        /// The decompressed size it declares.
         size: u64,
+        /// Its compressed size.
         compressed: u64,
     },
     /// The `byteorder` record is neither `little` nor `big`.

@@ -1,0 +1,9 @@
+//! Images and hole masks: decoding with limits ([`io`]), the mask convention, hole regions
+//! and the irregular-hole generator ([`masks`]), and the conversions between images, masks
+//! and the network's tensors ([`convert`]).
+
+pub mod convert;
+pub mod io;
+pub mod masks;
+
+pub use convert::{composite, image_to_tensor, scale_short_side, valid_tensor};
