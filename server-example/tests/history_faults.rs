@@ -403,6 +403,7 @@ async fn a_broker_outage_loses_nothing_and_slows_nothing() {
     assert_eq!(metric(&text, "history_delivery_up{sink=\"kafka\"}"), 1.0);
 
     let (up, down) = (median(up), median(down));
+    eprintln!("median request latency: {up:?} with the broker up, {down:?} with it down");
     assert!(
         down <= up + Duration::from_millis(500),
         "median latency {down:?} with the broker down against {up:?} with it up"
