@@ -75,7 +75,7 @@ packages are cached in ``~/.cache/partialconv/photo_sources``
 
 Usage::
 
-    ~/.cache/partialconv/venv/bin/python scripts/fetch_photos.py [--force]
+    ~/.cache/partialconv/venv/bin/python training/fetch_photos.py [--force]
         [--root DIR] [--cache-dir DIR] [--min-side N] [--sheets DIR]
 """
 from __future__ import annotations

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Fills `.carry/` (git-ignored) with what scripts/gpu_train.sh needs on a lent GPU machine,
-# within the device tool's 64 MiB: the release CLI, stripped; the photos at a 512-pixel
-# short side (the scale training and evaluation use anyway), as JPEG; the VGG19 features in fp16.
-# Needs `make setup`, `scripts/fetch_photos.py` and `tests/reference/make_vgg_fixture.py`.
+# Fills `.carry/` (git-ignored) with what training/gpu_train.sh needs on a remote GPU machine,
+# within the 64 MiB that travel there beside the repository: the release CLI, stripped; the
+# photos at a 512-pixel short side (the scale training and evaluation use anyway), as JPEG;
+# the VGG19 features in fp16.
+# Needs `make setup`, `training/fetch_photos.py` and `tests/reference/make_vgg_fixture.py`.
 set -euo pipefail
 CACHE=${CACHE:-$HOME/.cache/partialconv}
 BIN=${BIN:-${CARGO_TARGET_DIR:-$CACHE/target}/release/partialconv}

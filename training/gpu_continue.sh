@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Continues a model from scripts/gpu_train.sh on a lent GPU machine for the time that is
+# Continues a model from training/gpu_train.sh on a remote GPU machine for the time that is
 # left, then scores it and measures CUDA inference. Carried in `.carry/`:
 #   partialconv.gz           the release CLI built here, stripped and gzipped (the 64 MiB
 #                            limit also has to hold the base model)

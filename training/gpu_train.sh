@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Trains default-model candidates on a lent GPU machine in one go (the device tool gives a
-# session ~15 minutes), fine-tunes the better one on the interiors domain, and measures GPU
+# Trains default-model candidates on a remote GPU machine in one go (sized for a slot of
+# about 15 minutes), fine-tunes the better one on the interiors domain, and measures GPU
 # inference. Run from the repo root there, with these carried in `.carry/`
-# (`scripts/gpu_carry.sh` prepares them here):
+# (`training/gpu_carry.sh` prepares them here):
 #   partialconv              the release CLI built here (its rpath points at this machine's
 #                            venv, so LD_LIBRARY_PATH is set to the device's own torch below)
 #   photos/{train,val}/      the training photos scaled to a 512-pixel short side
