@@ -1,20 +1,22 @@
-//! Python arguments to core types and back. Pixels are copied once on the way in (the core
-//! owns its images) and handed to numpy without a copy on the way out.
+//! Python arguments to core types and back. uint8 RGB(A) images and H×W masks reach the
+//! core as ndarray views of the numpy buffer (one ndarray version for numpy and the core, so
+//! no conversion in between); the core copies them once into the image it owns. Results go
+//! to numpy without a copy.
 
 use std::path::PathBuf;
 
 use image::{DynamicImage, ImageBuffer, Pixel};
-use numpy::ndarray::Array3;
 use numpy::{
-    dtype, Element, IntoPyArray, PyArray3, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods,
-    PyUntypedArray, PyUntypedArrayMethods,
+    dtype, Element, IntoPyArray, PyArray2, PyArray3, PyArrayDescrMethods, PyArrayDyn,
+    PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use tch::Device;
 
-use partialconv::{io, Error, HoleMask, Strategy};
+use partialconv::imaging::array::{image_from_array, image_to_array as core_image_to_array};
+use partialconv::{io, Error, HoleMask, MaskView, Strategy};
 
 use crate::py_err;
 
@@ -240,7 +242,13 @@ fn array_to_image(a: &Bound<'_, PyUntypedArray>, what: &str) -> PyResult<Dynamic
             "{what} must have 1, 2, 3 or 4 channels (grey, grey+alpha, RGB, RGBA), got {c}"
         ))
     };
-    if dt.is_equiv_to(&dtype::<u8>(py)) {
+    if dt.is_equiv_to(&dtype::<u8>(py)) && a.ndim() == 3 && matches!(c, 3 | 4) {
+        let a = a.cast::<PyArray3<u8>>()?;
+        let ro = a
+            .try_readonly()
+            .map_err(|e| bad_value(format!("{what}: array is not readable: {e}")))?;
+        image_from_array(ro.as_array()).map_err(py_err)
+    } else if dt.is_equiv_to(&dtype::<u8>(py)) {
         let d = pixels::<u8>(a)?;
         Ok(match c {
             1 => DynamicImage::ImageLuma8(buffer(w, h, d)),
@@ -283,19 +291,18 @@ fn array_to_mask(a: &Bound<'_, PyUntypedArray>) -> PyResult<HoleMask> {
         let holes = pixels::<u8>(&bytes)?.into_iter().map(|b| b != 0).collect();
         return Ok(HoleMask::from_bools(w, h, holes));
     }
-    // uint8 and uint16 masks go through the same rule as a decoded mask file.
+    if a.ndim() == 2 && a.dtype().is_equiv_to(&dtype::<u8>(a.py())) {
+        let a = a.cast::<PyArray2<u8>>()?;
+        let ro = a
+            .try_readonly()
+            .map_err(|e| bad_value(format!("mask: array is not readable: {e}")))?;
+        return Ok(HoleMask::from(MaskView::Luma(ro.as_array())));
+    }
+    // Other uint8 and uint16 masks go through the same rule as a decoded mask file.
     Ok(HoleMask::from_image(&array_to_image(a, "mask")?))
 }
 
 /// The core's output as `H×W×3` or `H×W×4` uint8, without copying the pixels.
 pub fn image_to_array(py: Python<'_>, img: DynamicImage) -> Bound<'_, PyArray3<u8>> {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let (data, c) = if img.color().has_alpha() {
-        (img.into_rgba8().into_raw(), 4)
-    } else {
-        (img.into_rgb8().into_raw(), 3)
-    };
-    Array3::from_shape_vec((h, w, c), data)
-        .expect("buffer matches dimensions")
-        .into_pyarray(py)
+    core_image_to_array(img).into_pyarray(py)
 }

@@ -51,6 +51,7 @@ pub mod bench;
 
 pub use device::parse_device;
 pub use error::{Error, Result};
+pub use imaging::array::MaskView;
 pub use imaging::io;
 pub use imaging::masks::HoleMask;
 pub use infer::blend::Blend;
@@ -60,6 +61,10 @@ pub use model::{Model, ModelMeta, Normalization, Storage};
 pub use nn::layer::{partial_conv2d, Convention, Mask, PartialConv2d, PartialConvConfig};
 pub use nn::unet::{PConvUNet, PConvUNetConfig};
 pub use train::{CancelToken, FineTuner, TrainConfig};
+
+/// The ndarray version of [`Inpainter::predict_array`] and [`MaskView`], so that callers
+/// build their views with the same crate.
+pub use ndarray;
 
 // The module paths of the flat layout before the layers, for code written against them.
 #[doc(hidden)]

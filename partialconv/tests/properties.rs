@@ -254,3 +254,41 @@ fn auto_is_a_pure_function_of_size_holes_and_model() {
         choose(4000, 3000, &small_hole, 512)
     );
 }
+
+#[test]
+fn arrays_predict_exactly_what_images_do() {
+    use partialconv::ndarray::{s, Array2, Array3};
+    let (w, h) = (29u32, 17u32);
+    let img = image_from(w, h, 5);
+    let mask = rect_mask(w, h, (4, 3, 15, 11));
+    let want = inpainter()
+        .predict(&DynamicImage::ImageRgb8(img.clone()), &mask, Fill::Auto)
+        .unwrap()
+        .to_rgb8();
+    let pixels = Array3::from_shape_vec((h as usize, w as usize, 3), img.into_raw()).unwrap();
+    let holes = Array2::from_shape_fn((h as usize, w as usize), |(y, x)| {
+        mask.get(x as u32, y as u32)
+    });
+    let got = inpainter()
+        .predict_array(pixels.view(), holes.view(), Fill::Auto)
+        .unwrap();
+    assert_eq!(got.dim(), (h as usize, w as usize, 3));
+    assert_eq!(got.as_slice().unwrap(), want.as_raw().as_slice());
+    // The file convention (white = fill) as u8, and a strided view of a larger array.
+    let luma = holes.mapv(|hole| if hole { 255u8 } else { 0 });
+    let mut big = Array3::<u8>::zeros((h as usize, 2 * w as usize, 3));
+    big.slice_mut(s![.., ..;2, ..]).assign(&pixels);
+    let got = inpainter()
+        .predict_array(big.slice(s![.., ..;2, ..]), luma.view(), Fill::Auto)
+        .unwrap();
+    assert_eq!(got.as_slice().unwrap(), want.as_raw().as_slice());
+    // A mask of another size is named, as for images.
+    let e = inpainter()
+        .predict_array(
+            pixels.view(),
+            Array2::<bool>::default((3, 3)).view(),
+            Fill::Auto,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("mask"), "{e}");
+}

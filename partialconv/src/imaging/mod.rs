@@ -1,7 +1,8 @@
 //! Images and hole masks: decoding with limits ([`io`]), the mask convention, hole regions
-//! and the irregular-hole generator ([`masks`]), and the conversions between images, masks
-//! and the network's tensors ([`convert`]).
+//! and the irregular-hole generator ([`masks`]), the conversions between images, masks
+//! and the network's tensors ([`convert`]), and ndarray views in and arrays out ([`array`]).
 
+pub mod array;
 pub mod convert;
 pub mod io;
 pub mod masks;

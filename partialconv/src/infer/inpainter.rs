@@ -5,9 +5,11 @@ use std::path::Path;
 use std::str::FromStr;
 
 use image::{imageops, DynamicImage, GenericImageView, RgbImage, RgbaImage};
+use ndarray::{Array3, ArrayView3};
 use tch::Device;
 
 use crate::error::{Error, Result};
+use crate::imaging::array::{self, MaskView};
 use crate::imaging::masks::{merge_overlapping, HoleMask, Rect};
 use crate::infer::blend::{telea_blend, Blend};
 use crate::infer::ensemble::SelfEnsemble;
@@ -225,6 +227,22 @@ impl Inpainter {
             Strategy::Crop => self.fill_crops(&rgb, mask)?,
         };
         Ok(finish(image, self.merge(&rgb, &filled, mask)))
+    }
+
+    /// [`predict`](Self::predict) on arrays: `image` is `H×W×3` (RGB) or `H×W×4` (RGBA,
+    /// alpha kept) `u8`, `mask` an `H×W` view of `bool` or `u8` (see [`MaskView`]). Returns
+    /// the filled image in the image's layout. Views may have any strides.
+    pub fn predict_array<'a>(
+        &self,
+        image: ArrayView3<'_, u8>,
+        mask: impl Into<MaskView<'a>>,
+        strategy: Strategy,
+    ) -> Result<Array3<u8>> {
+        let image = array::image_from_array(image)?;
+        let mask = HoleMask::from(mask.into());
+        Ok(array::image_to_array(
+            self.predict(&image, &mask, strategy)?,
+        ))
     }
 
     /// Predicts many images; same-size items under `original` share one forward pass.
