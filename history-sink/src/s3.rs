@@ -1,4 +1,4 @@
-//! The S3 backend of [`ImageStore`](crate::ImageStore) (feature `s3`, `object_store`).
+//! The S3 backend of [`ImageStore`] (feature `s3`, `object_store`).
 
 use std::sync::Arc;
 

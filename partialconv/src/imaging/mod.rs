@@ -1,6 +1,6 @@
 //! Images and hole masks: decoding with limits ([`io`]), the mask convention, hole regions
 //! and the irregular-hole generator ([`masks`]), the conversions between images, masks
-//! and the network's tensors ([`convert`]), and ndarray views in and arrays out ([`array`]).
+//! and the network's tensors ([`convert`]), and ndarray views in and arrays out ([`array`](mod@array)).
 
 pub mod array;
 pub mod convert;
