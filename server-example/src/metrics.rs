@@ -207,13 +207,21 @@ impl Metrics {
     }
 }
 
+/// One spool series: name, Prometheus type, help text, and how to read it from a sink's stats.
+type SpoolSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SpoolStats, DateTime<Utc>) -> f64,
+);
+
 /// Appends the history spools' gauges and counters, labelled by sink.
 pub fn render_spools(out: &mut String, stats: &[SpoolStats]) {
     if stats.is_empty() {
         return;
     }
     let now = chrono::Utc::now();
-    let series: [(&str, &str, &str, fn(&SpoolStats, DateTime<Utc>) -> f64); 8] = [
+    let series: [SpoolSeries; 8] = [
         ("history_spool_events", "gauge", "History events in the local spool, not yet delivered.", |s, _| s.pending_events as f64),
         ("history_spool_bytes", "gauge", "Bytes of undelivered history in the local spool.", |s, _| s.pending_bytes as f64),
         ("history_spool_max_bytes", "gauge", "The spool's bound (--history-spool-max-mb).", |s, _| s.max_bytes as f64),
