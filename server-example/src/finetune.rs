@@ -13,7 +13,7 @@
 //! the inference workers, so inference latency stays bounded while a job trains (figures in
 //! `docs/benchmarks.md`). libtorch's intra-op thread count is per thread (OpenMP's
 //! `nthreads-var`) once a thread has initialised it, which is what makes this work; see
-//! [`pin_intra_op_threads`].
+//! [`threads`].
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read};
@@ -34,8 +34,10 @@ use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use uuid::Uuid;
 
 use crate::error::AppError;
+use crate::identity;
 use crate::metrics::Metrics;
 use crate::models::{ModelKey, ModelRegistry, MODEL_FILE};
+use crate::threads;
 
 /// Share of the usable photos held out for validation.
 pub const HOLDOUT_FRACTION: f64 = 0.15;
@@ -301,8 +303,7 @@ pub fn prepare(
         }
         n => n,
     };
-    let user_id = crate::service::check_user_id(upload.user_id)?
-        .unwrap_or_else(|| crate::service::ANONYMOUS.to_owned());
+    let user_id = identity::user_or_anonymous(upload.user_id)?;
     let base = models.resolve(upload.base_model.as_deref())?;
     if upload.files.is_empty() {
         return Err(AppError::missing("images"));
@@ -466,8 +467,8 @@ impl FineTunes {
     pub async fn prepare(&self, upload: Upload) -> Result<Prepared, AppError> {
         // Before decoding every photo: a user already at the limit gets the 429 cheaply.
         // `submit` checks again, under the lock, for uploads that race.
-        if let Ok(user) = crate::service::check_user_id(upload.user_id.clone()) {
-            self.check_quota(user.as_deref().unwrap_or(crate::service::ANONYMOUS))?;
+        if let Ok(user) = identity::user_or_anonymous(upload.user_id.clone()) {
+            self.check_quota(&user)?;
         }
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || prepare(upload, &inner.settings, &inner.models))
@@ -707,37 +708,6 @@ fn write_status(dir: &Path, status: &JobStatus) -> std::io::Result<()> {
     std::fs::rename(tmp, dir.join("job.json"))
 }
 
-/// Sets the calling thread's libtorch intra-op thread count so that it stays set: the first
-/// parallel operation on a thread resets its count to the process-wide value, which any
-/// thread's `set_num_threads` overwrites, so that first initialisation is forced here,
-/// before the count is set (see the test `intra_op_threads_are_per_thread_once_initialised`).
-pub fn pin_intra_op_threads(threads: usize) {
-    let _ = tch::get_num_threads();
-    tch::set_num_threads(threads.max(1) as i32);
-}
-
-/// Lowers the calling thread's share of the CPU: fewer libtorch intra-op threads, and a
-/// nice value that the threads it starts (data loaders, OpenMP workers) inherit.
-fn lower_priority(threads: usize, nice: i32) {
-    pin_intra_op_threads(threads);
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: plain syscalls on this thread's own id.
-        let rc = unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice.clamp(0, 19))
-        };
-        if rc != 0 {
-            tracing::warn!(
-                "setpriority on the training thread: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
-}
-
 enum Outcome {
     Done(Option<ValReport>),
     Cancelled(u64),
@@ -756,7 +726,7 @@ impl Inner {
     }
 
     fn work(self: Arc<Self>) {
-        lower_priority(self.settings.threads, self.settings.nice);
+        threads::lower_priority(self.settings.threads, self.settings.nice);
         while let Some(id) = self.next_job() {
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.run(id)))
                 .unwrap_or_else(|_| Outcome::Failed("training panicked".into()));
@@ -1016,49 +986,5 @@ mod tests {
             let h = holdout(n);
             assert!(n - h.len() >= 2 && !h.is_empty(), "{n}");
         }
-    }
-
-    /// What makes "fewer intra-op threads for training" work, and its trap. libtorch keeps
-    /// the count per thread (OpenMP's nthreads-var), but also in one process-wide value that
-    /// every `set_num_threads` overwrites, and a thread's first parallel operation (or
-    /// `get_num_threads`) resets its own count to that value. A thread that sets its count
-    /// before that first operation can lose it to another thread's later call;
-    /// [`pin_intra_op_threads`] initialises first, and keeps it.
-    #[test]
-    fn intra_op_threads_are_per_thread_once_initialised() {
-        use std::sync::mpsc::channel;
-        let spawn = |n: i32, pin: bool| {
-            let (set_tx, set_rx) = channel();
-            let (go_tx, go_rx) = channel::<()>();
-            let t = std::thread::spawn(move || {
-                if pin {
-                    pin_intra_op_threads(n as usize);
-                } else {
-                    tch::set_num_threads(n);
-                }
-                set_tx.send(()).unwrap();
-                go_rx.recv().unwrap();
-                tch::get_num_threads()
-            });
-            set_rx.recv().unwrap();
-            (t, go_tx)
-        };
-        let (pinned, go_pinned) = spawn(3, true);
-        let (naive, go_naive) = spawn(5, false);
-        let (training, go_training) = spawn(1, true);
-        for go in [go_training, go_pinned, go_naive] {
-            go.send(()).unwrap();
-        }
-        assert_eq!(training.join().unwrap(), 1);
-        assert_eq!(
-            pinned.join().unwrap(),
-            3,
-            "the training thread's count leaked"
-        );
-        assert_eq!(
-            naive.join().unwrap(),
-            1,
-            "an uninitialised thread takes the last count set anywhere"
-        );
     }
 }

@@ -8,12 +8,14 @@ pub mod config;
 pub mod error;
 pub mod finetune;
 pub mod history;
+pub mod identity;
 pub mod metrics;
 pub mod models;
 pub mod pool;
 pub mod routes;
 pub mod service;
 pub mod state;
+pub mod threads;
 pub mod web;
 
 use axum::extract::DefaultBodyLimit;

@@ -329,7 +329,7 @@ fn load_and_start(shared: Arc<Shared>) {
 
 fn worker(shared: Arc<Shared>, default: Arc<Inpainter>) {
     if let Some(n) = shared.settings.intra_op_threads {
-        crate::finetune::pin_intra_op_threads(n);
+        crate::threads::pin_intra_op_threads(n);
     }
     while let Some(batch) = next_batch(&shared) {
         shared.metrics.busy_workers.fetch_add(1, Ordering::Relaxed);

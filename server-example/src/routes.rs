@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::error::{with_limit, AppError};
 use crate::finetune::{JobStatus, Upload};
+use crate::identity::check_user_id;
 use crate::models::DEFAULT_MODEL;
 use crate::pool::OutputFormat;
 use crate::service::{self, image_url, InpaintRequest};
@@ -237,7 +238,7 @@ pub async fn history(
         .as_ref()
         .filter(|s| s.can_query())
         .ok_or(AppError::HistoryUnavailable)?;
-    let user_id = service::check_user_id(p.user_id)?.ok_or_else(|| AppError::missing("user_id"))?;
+    let user_id = check_user_id(p.user_id)?.ok_or_else(|| AppError::missing("user_id"))?;
     let before = p
         .before
         .filter(|b| !b.is_empty())
@@ -353,7 +354,7 @@ pub async fn finetune_list(
     params: Result<Query<JobsParams>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let Query(p) = params?;
-    let user = service::check_user_id(p.user_id)?;
+    let user = check_user_id(p.user_id)?;
     let jobs = state.finetune()?.list(user.as_deref());
     Ok(Json(serde_json::json!({ "jobs": jobs })))
 }

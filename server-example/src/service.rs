@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use history_sink::event::MAX_USER_ID_LEN;
 use history_sink::{HistoryEvent, StoredImage};
 use image::metadata::Orientation;
 use image::{ImageDecoder, ImageReader};
@@ -15,11 +14,10 @@ use uuid::Uuid;
 
 use crate::backend::Backend;
 use crate::error::AppError;
+use crate::identity::{check_user_id, ANONYMOUS};
 use crate::models::ModelKey;
 use crate::pool::{JobInput, JobOutput, OutputFormat};
 use crate::state::AppState;
-
-pub const ANONYMOUS: &str = "anonymous";
 
 pub struct InpaintRequest {
     pub image: Bytes,
@@ -82,21 +80,6 @@ pub fn probe(bytes: &[u8], what: &str, max_pixels: u64) -> Result<(u32, u32), Ap
             | Orientation::Rotate270FlipH
     );
     Ok(if rotated { (h, w) } else { (w, h) })
-}
-
-pub fn check_user_id(user_id: Option<String>) -> Result<Option<String>, AppError> {
-    match user_id
-        .map(|u| u.trim().to_owned())
-        .filter(|u| !u.is_empty())
-    {
-        Some(u) if u.len() > MAX_USER_ID_LEN || u.chars().any(char::is_control) => {
-            Err(AppError::bad_request(
-                "bad_argument",
-                format!("user_id must be at most {MAX_USER_ID_LEN} bytes of printable text"),
-            ))
-        }
-        u => Ok(u),
-    }
 }
 
 fn content_type_of(bytes: &[u8]) -> &'static str {

@@ -15,6 +15,7 @@ use crate::finetune::{FineTunes, FinetuneSettings};
 use crate::metrics::Metrics;
 use crate::models::ModelRegistry;
 use crate::pool::{Pool, PoolSettings};
+use crate::threads;
 
 /// Request limits and policies that handlers check.
 #[derive(Debug, Clone)]
@@ -87,7 +88,7 @@ impl AppState {
             cfg.ensemble,
             cfg.loaded_models,
         ));
-        let intra_op_threads = default_intra_op_threads();
+        let intra_op_threads = threads::default_intra_op_threads();
         let (backend, finetune) = match &cfg.remote_model {
             Some(url) => (
                 Backend::Remote(Box::new(Remote::new(
@@ -144,14 +145,6 @@ impl AppState {
             }),
         })
     }
-}
-
-/// libtorch's default intra-op thread count (one per physical core), read once per process:
-/// later reads can see a training thread's lowered count, which libtorch hands on to threads
-/// that have not chosen one (see `finetune::pin_intra_op_threads`).
-fn default_intra_op_threads() -> usize {
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(|| tch::get_num_threads().max(1) as usize)
 }
 
 fn finetune_settings(cfg: &Config, device: tch::Device) -> FinetuneSettings {
