@@ -23,7 +23,7 @@ impl Backend {
         match self {
             // The ticket lives in this future: if the client goes away the future is
             // dropped, and with it the queued job.
-            Backend::Local(pool) => pool.submit(input)?.wait().await,
+            Backend::Local(pool) => Ok(pool.submit(input)?.wait().await?),
             Backend::Remote(remote) => remote.infer(input).await,
         }
     }

@@ -9,6 +9,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::codec::UnknownFormat;
+use crate::pool::error::PoolError;
+
 /// Seconds a client is told to wait after a 503.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
@@ -162,6 +165,28 @@ impl AppError {
 impl From<partialconv::Error> for AppError {
     fn from(e: partialconv::Error) -> Self {
         Self::Image(e)
+    }
+}
+
+/// What a failed inference job means for the client: the same answers the handlers gave
+/// when the pool spoke HTTP itself (503 with `Retry-After` for `overloaded` and
+/// `not_ready`, 404 `unknown_model`, the image errors' 4xx, 500 `internal`).
+impl From<PoolError> for AppError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Overloaded => Self::Overloaded,
+            PoolError::NotReady(why) => Self::NotReady(why),
+            PoolError::UnknownModel(id) => Self::UnknownModel(id),
+            PoolError::Input(e) => Self::Image(e),
+            PoolError::Internal(msg) => Self::Internal(msg),
+        }
+    }
+}
+
+/// An unknown `format` field: 400 `bad_argument`.
+impl From<UnknownFormat> for AppError {
+    fn from(e: UnknownFormat) -> Self {
+        Self::bad_request("bad_argument", e.to_string())
     }
 }
 

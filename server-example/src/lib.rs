@@ -4,6 +4,7 @@
 //! and serves. See `docs/http-api.md` for the API.
 
 pub mod backend;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod finetune;

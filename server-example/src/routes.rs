@@ -19,11 +19,11 @@ use history_sink::{HistoryError, HistoryQuery};
 use partialconv::Strategy;
 use serde::Deserialize;
 
+use crate::codec::OutputFormat;
 use crate::error::{with_limit, AppError};
 use crate::finetune::{JobStatus, Upload};
 use crate::identity::check_user_id;
 use crate::models::DEFAULT_MODEL;
-use crate::pool::OutputFormat;
 use crate::service::{self, image_url, InpaintRequest};
 use crate::state::AppState;
 
@@ -40,7 +40,7 @@ fn parse_strategy(s: Option<&str>) -> Result<Strategy, AppError> {
 fn parse_format(s: Option<&str>) -> Result<OutputFormat, AppError> {
     match s.map(str::trim).filter(|s| !s.is_empty()) {
         None => Ok(OutputFormat::Png),
-        Some(s) => s.parse(),
+        Some(s) => Ok(s.parse()?),
     }
 }
 

@@ -13,10 +13,11 @@ use partialconv::Strategy;
 use uuid::Uuid;
 
 use crate::backend::Backend;
+use crate::codec::OutputFormat;
 use crate::error::AppError;
 use crate::identity::{check_user_id, ANONYMOUS};
 use crate::models::ModelKey;
-use crate::pool::{JobInput, JobOutput, OutputFormat};
+use crate::pool::{JobInput, JobOutput};
 use crate::state::AppState;
 
 pub struct InpaintRequest {
