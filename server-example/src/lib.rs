@@ -3,6 +3,8 @@
 //! [`app`] builds the whole router from an [`AppState`]; `main.rs` only parses flags, binds
 //! and serves. See `docs/http-api.md` for the API.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod codec;
 pub mod config;

@@ -33,8 +33,10 @@ pub enum ModelError {
 /// A resolved model id: what the worker pool groups batches by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ModelKey {
+    /// The model the server was started with.
     #[default]
     Default,
+    /// A finished fine-tune job's model, by job id.
     Tuned(Uuid),
 }
 
@@ -47,6 +49,7 @@ impl std::fmt::Display for ModelKey {
     }
 }
 
+/// The fine-tuned models on disk, and a small LRU cache of the loaded ones.
 pub struct ModelRegistry {
     jobs_dir: PathBuf,
     device: tch::Device,
@@ -75,10 +78,12 @@ impl ModelRegistry {
         }
     }
 
+    /// The folder of job `id`.
     pub fn job_dir(&self, id: Uuid) -> PathBuf {
         self.jobs_dir.join(id.to_string())
     }
 
+    /// The model file of job `id` (present once the job is done).
     pub fn model_path(&self, id: Uuid) -> PathBuf {
         self.job_dir(id).join(MODEL_FILE)
     }

@@ -20,11 +20,17 @@ use crate::models::ModelKey;
 use crate::pool::{JobInput, JobOutput};
 use crate::state::AppState;
 
+/// One inpainting request, from either endpoint.
 pub struct InpaintRequest {
+    /// The image, as uploaded.
     pub image: Bytes,
+    /// The mask, as uploaded.
     pub mask: Bytes,
+    /// The `user_id` field, unchecked.
     pub user_id: Option<String>,
+    /// How to fill.
     pub strategy: Strategy,
+    /// How to encode the result.
     pub format: OutputFormat,
     /// A model id from `GET /api/v1/models`; `None` for the server's own.
     pub model: Option<String>,
@@ -32,8 +38,11 @@ pub struct InpaintRequest {
     pub record: bool,
 }
 
+/// A served request: the result and the event it was recorded as.
 pub struct Inpainted {
+    /// The result and how it was made.
     pub output: JobOutput,
+    /// The history event's id (also sent when no history is kept).
     pub event_id: Uuid,
     /// Where the result is kept (`/images/{key}`), when an image store is configured.
     pub result_key: Option<String>,
@@ -91,6 +100,7 @@ fn content_type_of(bytes: &[u8]) -> &'static str {
     }
 }
 
+/// Checks the request, runs it, keeps the images and records the event.
 pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted, AppError> {
     let started = Instant::now();
     let max_pixels = state.limits.max_pixels;

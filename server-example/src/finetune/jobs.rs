@@ -94,6 +94,7 @@ impl FineTunes {
         })
     }
 
+    /// The limits and training parameters jobs run with.
     pub fn settings(&self) -> &FinetuneSettings {
         &self.inner.settings
     }
@@ -213,6 +214,7 @@ impl FineTunes {
         Ok(())
     }
 
+    /// A job's status now; 404 `unknown_job` for an id the server does not know.
     pub fn status(&self, id: &str) -> Result<JobStatus, AppError> {
         let id = parse_job_id(id)?;
         let table = self.inner.table.lock().unwrap();

@@ -24,9 +24,13 @@ pub struct Photo {
 
 /// A checked upload: what [`FineTunes::submit`](super::FineTunes::submit) needs.
 pub struct Prepared {
+    /// Who the job is for (checked; `anonymous` when none).
     pub user_id: String,
+    /// The user's label for the job.
     pub name: Option<String>,
+    /// The model to start from.
     pub base: ModelKey,
+    /// Training steps.
     pub steps: u64,
     pub(super) photos: Vec<Photo>,
     pub(super) received: usize,
@@ -38,9 +42,13 @@ pub struct Prepared {
 pub struct Upload {
     /// (file name, bytes): photos, or zips of photos.
     pub files: Vec<(String, Bytes)>,
+    /// The `user_id` field, unchecked.
     pub user_id: Option<String>,
+    /// The `base_model` field: `default` or a finished job's id.
     pub base_model: Option<String>,
+    /// The `name` field.
     pub name: Option<String>,
+    /// The `steps` field, unparsed.
     pub steps: Option<String>,
 }
 

@@ -35,9 +35,13 @@ use crate::models::{ModelKey, ModelRegistry};
 /// One inpainting request, still encoded.
 #[derive(Debug, Clone)]
 pub struct JobInput {
+    /// The image, as uploaded.
     pub image: Bytes,
+    /// The mask, as uploaded.
     pub mask: Bytes,
+    /// How to fill (see [`Strategy`]).
     pub strategy: Strategy,
+    /// How to encode the result.
     pub format: OutputFormat,
     /// Image size from the header, used to group same-shape jobs.
     pub dimensions: (u32, u32),
@@ -45,18 +49,26 @@ pub struct JobInput {
     pub model: ModelKey,
 }
 
+/// A finished job: the encoded result and how it was made.
 #[derive(Debug, Clone)]
 pub struct JobOutput {
+    /// The encoded result.
     pub bytes: Bytes,
+    /// Its content type.
     pub content_type: &'static str,
+    /// Result width, in pixels.
     pub width: u32,
+    /// Result height, in pixels.
     pub height: u32,
+    /// Share of the pixels that were holes.
     pub hole_ratio: f64,
     /// What the strategy resolved to (`none` for an empty mask).
     pub strategy: String,
     /// Model time of the batch this job ran in.
     pub inference_ms: f64,
+    /// Time spent decoding this job's image and mask, in ms.
     pub decode_ms: f64,
+    /// Time spent encoding this job's result, in ms.
     pub encode_ms: f64,
     /// Jobs that shared the forward pass.
     pub batch_size: usize,
@@ -65,11 +77,15 @@ pub struct JobOutput {
 /// What the loaded model is, for `/readyz` and history events.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelInfo {
+    /// The model file's stem, or `bundled`.
     pub model_id: String,
+    /// Architecture and size, e.g. `pconv-unet-l7-w64`.
     pub model_version: String,
+    /// Device the model runs on, e.g. `cpu`.
     pub device: String,
     /// The self-ensemble every fill uses (`--ensemble`).
     pub ensemble: String,
+    /// The model's metadata (configuration and training).
     pub config: serde_json::Value,
 }
 
@@ -89,15 +105,24 @@ struct Job {
     reply: Reply,
 }
 
+/// How the pool is sized and what it loads.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
+    /// Model file; `None`: `$PARTIALCONV_MODEL`, else the bundled model.
     pub model: Option<PathBuf>,
+    /// Device the model runs on.
     pub device: tch::Device,
+    /// Flipped views each fill averages.
     pub ensemble: SelfEnsemble,
+    /// Worker threads (at least one).
     pub workers: usize,
+    /// Jobs that may wait; beyond it, submitting fails with `Overloaded`.
     pub queue: usize,
+    /// Most jobs in one forward pass.
     pub batch_max: usize,
+    /// How long a worker waits for more same-shape jobs before running a batch.
     pub batch_window: Duration,
+    /// Most pixels an image or mask may decode to.
     pub max_pixels: u64,
     /// libtorch intra-op threads of each worker. Set explicitly because libtorch's setting
     /// is per thread but a thread's first parallel operation takes the last value any thread
@@ -115,6 +140,7 @@ struct Shared {
     models: Arc<ModelRegistry>,
 }
 
+/// The inference engine: a bounded queue and the worker threads that drain it.
 pub struct Pool {
     shared: Arc<Shared>,
     next_id: AtomicU64,
@@ -178,14 +204,17 @@ impl Pool {
         })
     }
 
+    /// Jobs waiting now.
     pub fn depth(&self) -> usize {
         self.shared.queue.lock().unwrap().len()
     }
 
+    /// Most jobs that may wait.
     pub fn capacity(&self) -> usize {
         self.shared.settings.queue
     }
 
+    /// Worker threads.
     pub fn workers(&self) -> usize {
         self.shared.settings.workers.max(1)
     }
@@ -216,6 +245,7 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// Waits for the job's result.
     pub async fn wait(&mut self) -> Result<JobOutput, PoolError> {
         (&mut self.rx)
             .await
