@@ -12,18 +12,22 @@ use tokio::sync::Semaphore;
 use crate::error::AppError;
 use crate::pool::{JobInput, JobOutput, ModelInfo, Pool};
 
+/// Where this server's inference runs.
 pub enum Backend {
+    /// In this process, on the worker pool.
     Local(Pool),
     // Boxed: the client and its cached model description dwarf the pool's handle.
+    /// On another `server-example` (`--remote-model`).
     Remote(Box<Remote>),
 }
 
 impl Backend {
+    /// Runs one job and waits for its result, bounded like the local queue (503 when full).
     pub async fn infer(&self, input: JobInput) -> Result<JobOutput, AppError> {
         match self {
             // The ticket lives in this future: if the client goes away the future is
             // dropped, and with it the queued job.
-            Backend::Local(pool) => pool.submit(input)?.wait().await,
+            Backend::Local(pool) => Ok(pool.submit(input)?.wait().await?),
             Backend::Remote(remote) => remote.infer(input).await,
         }
     }
@@ -50,6 +54,7 @@ impl Backend {
         }
     }
 
+    /// The model's identity once it can serve; 503 `not_ready` while it loads or after it failed.
     pub async fn readiness(&self) -> Result<ModelInfo, AppError> {
         match self {
             Backend::Local(pool) => pool.readiness().map_err(|e| {
@@ -86,6 +91,8 @@ fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 }
 
 impl Remote {
+    /// A client of the model tier at `base`, with `concurrency` requests in flight and `queue`
+    /// waiting at most, each given up after `timeout`.
     pub fn new(base: &str, concurrency: usize, queue: usize, timeout: Duration) -> Self {
         let client = reqwest::Client::builder()
             .timeout(timeout)

@@ -6,11 +6,14 @@ use std::time::Duration;
 use clap::Parser;
 use partialconv::SelfEnsemble;
 
+/// The server's flags; `--help` lists them with their environment variables.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "server-example",
     version,
-    about = "HTTP inpainting service with a web page: upload, brush, Go."
+    about = "HTTP inpainting service with a web page: upload, brush, Go.",
+    // This type's doc comment is for rustdoc, not for `--help`.
+    long_about = None
 )]
 pub struct Config {
     /// Address to listen on.
@@ -170,14 +173,17 @@ pub struct Config {
 }
 
 impl Config {
+    /// `--max-upload-mb` in bytes.
     pub fn max_upload_bytes(&self) -> usize {
         (self.max_upload_mb * 1024.0 * 1024.0) as usize
     }
 
+    /// `--finetune-max-mb` in bytes.
     pub fn finetune_max_bytes(&self) -> usize {
         (self.finetune_max_mb * 1024.0 * 1024.0) as usize
     }
 
+    /// `--timeout` as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
     }

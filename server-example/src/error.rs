@@ -9,9 +9,13 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::codec::UnknownFormat;
+use crate::pool::error::PoolError;
+
 /// Seconds a client is told to wait after a 503.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
+/// Every way a request can fail; [`IntoResponse`] turns it into the JSON answer.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The image or mask is unusable: not an image, truncated, too many pixels, sizes differ.
@@ -20,7 +24,12 @@ pub enum AppError {
 
     /// A malformed request: missing field, bad value, bad data URL.
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest {
+        /// Stable machine-readable name (`code` in the JSON).
+        code: &'static str,
+        /// What the client is told.
+        message: String,
+    },
 
     /// The body is not the content type this endpoint reads.
     #[error("{0}")]
@@ -28,8 +37,12 @@ pub enum AppError {
 
     /// The body exceeds `--max-upload-mb`.
     #[error("request body exceeds the limit of {limit_mb} MB")]
-    BodyTooLarge { limit_mb: f64 },
+    BodyTooLarge {
+        /// The limit, in megabytes.
+        limit_mb: f64,
+    },
 
+    /// No such route, image or resource.
     #[error("not found")]
     NotFound,
 
@@ -55,15 +68,30 @@ pub enum AppError {
 
     /// A fine-tune upload past one of its limits (photos per job, unpacked bytes).
     #[error("{message}")]
-    TooMuch { code: &'static str, message: String },
+    TooMuch {
+        /// Stable machine-readable name (`code` in the JSON).
+        code: &'static str,
+        /// What the client is told.
+        message: String,
+    },
 
     /// The user already has as many fine-tune jobs queued or running as allowed.
     #[error("user `{user}` already has {limit} fine-tune job(s) queued or running")]
-    TooManyJobs { user: String, limit: usize },
+    TooManyJobs {
+        /// The user.
+        user: String,
+        /// Jobs a user may have queued or running.
+        limit: usize,
+    },
 
     /// Well-formed but unusable: e.g. fewer than 2 readable photos for a job.
     #[error("{message}")]
-    Unprocessable { code: &'static str, message: String },
+    Unprocessable {
+        /// Stable machine-readable name (`code` in the JSON).
+        code: &'static str,
+        /// What the client is told.
+        message: String,
+    },
 
     /// The job has already ended, so it cannot be cancelled.
     #[error("{0}")]
@@ -80,8 +108,11 @@ pub enum AppError {
     /// An error answer from the model tier (`--remote-model`), passed on as it came.
     #[error("{message}")]
     Remote {
+        /// The model tier's status.
         status: StatusCode,
+        /// The model tier's `code`.
         code: String,
+        /// The model tier's `error` message.
         message: String,
     },
 
@@ -91,6 +122,7 @@ pub enum AppError {
 }
 
 impl AppError {
+    /// A 400 with a machine-readable `code` and a message for the client.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::BadRequest {
             code,
@@ -98,14 +130,17 @@ impl AppError {
         }
     }
 
+    /// A 400 `missing_field` for a required field the request lacks.
     pub fn missing(field: &str) -> Self {
         Self::bad_request("missing_field", format!("missing field `{field}`"))
     }
 
+    /// A 500 whose message (from `e`) goes to the log only.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::Internal(e.to_string())
     }
 
+    /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         use partialconv::Error as E;
         match self {
@@ -162,6 +197,28 @@ impl AppError {
 impl From<partialconv::Error> for AppError {
     fn from(e: partialconv::Error) -> Self {
         Self::Image(e)
+    }
+}
+
+/// What a failed inference job means for the client: the same answers the handlers gave
+/// when the pool spoke HTTP itself (503 with `Retry-After` for `overloaded` and
+/// `not_ready`, 404 `unknown_model`, the image errors' 4xx, 500 `internal`).
+impl From<PoolError> for AppError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Overloaded => Self::Overloaded,
+            PoolError::NotReady(why) => Self::NotReady(why),
+            PoolError::UnknownModel(id) => Self::UnknownModel(id),
+            PoolError::Input(e) => Self::Image(e),
+            PoolError::Internal(msg) => Self::Internal(msg),
+        }
+    }
+}
+
+/// An unknown `format` field: 400 `bad_argument`.
+impl From<UnknownFormat> for AppError {
+    fn from(e: UnknownFormat) -> Self {
+        Self::bad_request("bad_argument", e.to_string())
     }
 }
 

@@ -3,17 +3,22 @@
 //! [`app`] builds the whole router from an [`AppState`]; `main.rs` only parses flags, binds
 //! and serves. See `docs/http-api.md` for the API.
 
+#![warn(missing_docs)]
+
 pub mod backend;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod finetune;
 pub mod history;
+pub mod identity;
 pub mod metrics;
 pub mod models;
 pub mod pool;
 pub mod routes;
 pub mod service;
 pub mod state;
+pub mod threads;
 pub mod web;
 
 use axum::extract::DefaultBodyLimit;

@@ -62,16 +62,22 @@ impl Histogram {
     }
 }
 
+/// Counters and histograms for `/metrics`, shared by handlers, the pool and the jobs.
 #[derive(Debug)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     inference: Mutex<Histogram>,
     batch_size: Mutex<Histogram>,
+    /// Requests refused with 503 because the queue or admission was full.
     pub rejected: AtomicU64,
+    /// Jobs dropped before running because their client went away or timed out.
     pub cancelled: AtomicU64,
+    /// Requests that ran past `--timeout`.
     pub timed_out: AtomicU64,
+    /// History events a sink failed to record.
     pub history_failures: AtomicU64,
+    /// Inference workers running a batch now.
     pub busy_workers: AtomicU64,
 }
 
@@ -97,6 +103,7 @@ fn esc(s: &str) -> String {
 }
 
 impl Metrics {
+    /// Counts one answer and its latency, by method, route and status.
     pub fn record_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
         *self
             .requests
@@ -112,14 +119,17 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Records the model time of one batch.
     pub fn record_inference(&self, seconds: f64) {
         self.inference.lock().unwrap().observe(seconds);
     }
 
+    /// Records how many jobs shared one forward pass.
     pub fn record_batch(&self, size: usize) {
         self.batch_size.lock().unwrap().observe(size as f64);
     }
 
+    /// The Prometheus text exposition, with the queue's state as gauges.
     pub fn render(&self, queue_depth: usize, queue_capacity: usize, workers: usize) -> String {
         let mut out = String::new();
         out.push_str("# HELP http_requests_total HTTP requests by method, route and status.\n");

@@ -19,11 +19,24 @@ pub const DEFAULT_MODEL: &str = "default";
 /// The model file of a finished job, inside its job folder.
 pub const MODEL_FILE: &str = "model.safetensors";
 
+/// Why [`ModelRegistry::get`] has no model to give.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// No finished job has this id (its model file is gone).
+    #[error("no model `{0}`")]
+    Unknown(String),
+    /// The model file is there but does not load.
+    #[error(transparent)]
+    Load(partialconv::Error),
+}
+
 /// A resolved model id: what the worker pool groups batches by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ModelKey {
+    /// The model the server was started with.
     #[default]
     Default,
+    /// A finished fine-tune job's model, by job id.
     Tuned(Uuid),
 }
 
@@ -36,6 +49,7 @@ impl std::fmt::Display for ModelKey {
     }
 }
 
+/// The fine-tuned models on disk, and a small LRU cache of the loaded ones.
 pub struct ModelRegistry {
     jobs_dir: PathBuf,
     device: tch::Device,
@@ -64,10 +78,12 @@ impl ModelRegistry {
         }
     }
 
+    /// The folder of job `id`.
     pub fn job_dir(&self, id: Uuid) -> PathBuf {
         self.jobs_dir.join(id.to_string())
     }
 
+    /// The model file of job `id` (present once the job is done).
     pub fn model_path(&self, id: Uuid) -> PathBuf {
         self.job_dir(id).join(MODEL_FILE)
     }
@@ -90,7 +106,7 @@ impl ModelRegistry {
     }
 
     /// The loaded model for a fine-tuned id, loading it (on the calling thread) if needed.
-    pub fn get(&self, id: Uuid) -> Result<Arc<Inpainter>, AppError> {
+    pub fn get(&self, id: Uuid) -> Result<Arc<Inpainter>, ModelError> {
         {
             let mut cache = self.cache.lock().unwrap();
             if let Some(pos) = cache.iter().position(|(k, _)| *k == id) {
@@ -104,7 +120,7 @@ impl ModelRegistry {
         // two workers racing on the same id both load it and one copy is dropped.
         let path = self.model_path(id);
         if !path.is_file() {
-            return Err(AppError::UnknownModel(id.to_string()));
+            return Err(ModelError::Unknown(id.to_string()));
         }
         let model = Arc::new(load(&path, self.device)?.with_ensemble(self.ensemble));
         self.loads.fetch_add(1, Ordering::Relaxed);
@@ -131,10 +147,10 @@ impl ModelRegistry {
     }
 }
 
-fn load(path: &Path, device: tch::Device) -> Result<Inpainter, AppError> {
+fn load(path: &Path, device: tch::Device) -> Result<Inpainter, ModelError> {
     Inpainter::load(Some(path), device).map_err(|e| {
         tracing::error!("loading {}: {e}", path.display());
-        AppError::internal(e)
+        ModelError::Load(e)
     })
 }
 

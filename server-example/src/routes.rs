@@ -19,10 +19,11 @@ use history_sink::{HistoryError, HistoryQuery};
 use partialconv::Strategy;
 use serde::Deserialize;
 
+use crate::codec::OutputFormat;
 use crate::error::{with_limit, AppError};
 use crate::finetune::{JobStatus, Upload};
+use crate::identity::check_user_id;
 use crate::models::DEFAULT_MODEL;
-use crate::pool::OutputFormat;
 use crate::service::{self, image_url, InpaintRequest};
 use crate::state::AppState;
 
@@ -39,7 +40,7 @@ fn parse_strategy(s: Option<&str>) -> Result<Strategy, AppError> {
 fn parse_format(s: Option<&str>) -> Result<OutputFormat, AppError> {
     match s.map(str::trim).filter(|s| !s.is_empty()) {
         None => Ok(OutputFormat::Png),
-        Some(s) => s.parse(),
+        Some(s) => Ok(s.parse()?),
     }
 }
 
@@ -48,6 +49,7 @@ fn text(bytes: Bytes, field: &str) -> Result<String, AppError> {
         .map_err(|_| AppError::bad_request("bad_argument", format!("`{field}` is not UTF-8")))
 }
 
+/// `POST /api/v1/inpaint`: multipart `image`, `mask` and options; answers the image.
 pub async fn inpaint(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -121,6 +123,7 @@ pub async fn inpaint(
     Ok(response)
 }
 
+/// The JSON body of `POST /reconstruct`: data URLs and options.
 #[derive(Debug, Deserialize)]
 pub struct ReconstructRequest {
     original: Option<String>,
@@ -193,6 +196,7 @@ pub async fn reconstruct(
     })))
 }
 
+/// `GET /images/{key}`: a kept image, cacheable forever.
 pub async fn image(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -220,6 +224,7 @@ pub async fn image(
     }
 }
 
+/// Query of `GET /api/v1/history`.
 #[derive(Debug, Deserialize)]
 pub struct HistoryParams {
     user_id: Option<String>,
@@ -227,6 +232,7 @@ pub struct HistoryParams {
     before: Option<String>,
 }
 
+/// `GET /api/v1/history`: a user's events, newest first, paged with `before`.
 pub async fn history(
     State(state): State<AppState>,
     params: Result<Query<HistoryParams>, QueryRejection>,
@@ -237,7 +243,7 @@ pub async fn history(
         .as_ref()
         .filter(|s| s.can_query())
         .ok_or(AppError::HistoryUnavailable)?;
-    let user_id = service::check_user_id(p.user_id)?.ok_or_else(|| AppError::missing("user_id"))?;
+    let user_id = check_user_id(p.user_id)?.ok_or_else(|| AppError::missing("user_id"))?;
     let before = p
         .before
         .filter(|b| !b.is_empty())
@@ -343,21 +349,24 @@ pub async fn finetune_submit(
     ))
 }
 
+/// Query of `GET /api/v1/finetune`.
 #[derive(Debug, Deserialize)]
 pub struct JobsParams {
     user_id: Option<String>,
 }
 
+/// `GET /api/v1/finetune`: every job, or one user's.
 pub async fn finetune_list(
     State(state): State<AppState>,
     params: Result<Query<JobsParams>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let Query(p) = params?;
-    let user = service::check_user_id(p.user_id)?;
+    let user = check_user_id(p.user_id)?;
     let jobs = state.finetune()?.list(user.as_deref());
     Ok(Json(serde_json::json!({ "jobs": jobs })))
 }
 
+/// `GET /api/v1/finetune/{job_id}`: a job's status.
 pub async fn finetune_status(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -368,6 +377,7 @@ pub async fn finetune_status(
 /// How long `DELETE` waits for a running job to save its checkpoint and stop.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
+/// `DELETE /api/v1/finetune/{job_id}`: cancels a job; 200 once over, 202 while it stops.
 pub async fn finetune_cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -446,10 +456,12 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<serde_json::Va
     Ok(Json(serde_json::json!({ "models": list })))
 }
 
+/// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// `GET /readyz`: the model is loaded (503 until then), with the history sinks' state.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
     let info = state.backend.readiness().await?;
     let mut body = serde_json::json!({ "status": "ready", "model": info });
@@ -459,6 +471,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
     Ok(Json(body))
 }
 
+/// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let (depth, capacity, workers) = state.backend.load();
     let mut text = state.metrics.render(depth, capacity, workers);
@@ -468,6 +481,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
+/// `GET /api/v1/openapi.json`: the API description.
 pub async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -475,10 +489,12 @@ pub async fn openapi() -> impl IntoResponse {
     )
 }
 
+/// Any other path: 404 in the usual JSON.
 pub async fn not_found() -> AppError {
     AppError::NotFound
 }
 
+/// A known path with another method: 405 in the usual JSON.
 pub async fn method_not_allowed() -> Response {
     let body = Json(serde_json::json!({
         "error": "method not allowed",

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use history_sink::event::MAX_USER_ID_LEN;
 use history_sink::{HistoryEvent, StoredImage};
 use image::metadata::Orientation;
 use image::{ImageDecoder, ImageReader};
@@ -14,18 +13,24 @@ use partialconv::Strategy;
 use uuid::Uuid;
 
 use crate::backend::Backend;
+use crate::codec::OutputFormat;
 use crate::error::AppError;
+use crate::identity::{check_user_id, ANONYMOUS};
 use crate::models::ModelKey;
-use crate::pool::{JobInput, JobOutput, OutputFormat};
+use crate::pool::{JobInput, JobOutput};
 use crate::state::AppState;
 
-pub const ANONYMOUS: &str = "anonymous";
-
+/// One inpainting request, from either endpoint.
 pub struct InpaintRequest {
+    /// The image, as uploaded.
     pub image: Bytes,
+    /// The mask, as uploaded.
     pub mask: Bytes,
+    /// The `user_id` field, unchecked.
     pub user_id: Option<String>,
+    /// How to fill.
     pub strategy: Strategy,
+    /// How to encode the result.
     pub format: OutputFormat,
     /// A model id from `GET /api/v1/models`; `None` for the server's own.
     pub model: Option<String>,
@@ -33,8 +38,11 @@ pub struct InpaintRequest {
     pub record: bool,
 }
 
+/// A served request: the result and the event it was recorded as.
 pub struct Inpainted {
+    /// The result and how it was made.
     pub output: JobOutput,
+    /// The history event's id (also sent when no history is kept).
     pub event_id: Uuid,
     /// Where the result is kept (`/images/{key}`), when an image store is configured.
     pub result_key: Option<String>,
@@ -84,21 +92,6 @@ pub fn probe(bytes: &[u8], what: &str, max_pixels: u64) -> Result<(u32, u32), Ap
     Ok(if rotated { (h, w) } else { (w, h) })
 }
 
-pub fn check_user_id(user_id: Option<String>) -> Result<Option<String>, AppError> {
-    match user_id
-        .map(|u| u.trim().to_owned())
-        .filter(|u| !u.is_empty())
-    {
-        Some(u) if u.len() > MAX_USER_ID_LEN || u.chars().any(char::is_control) => {
-            Err(AppError::bad_request(
-                "bad_argument",
-                format!("user_id must be at most {MAX_USER_ID_LEN} bytes of printable text"),
-            ))
-        }
-        u => Ok(u),
-    }
-}
-
 fn content_type_of(bytes: &[u8]) -> &'static str {
     match image::guess_format(bytes) {
         Ok(image::ImageFormat::Jpeg) => "image/jpeg",
@@ -107,6 +100,7 @@ fn content_type_of(bytes: &[u8]) -> &'static str {
     }
 }
 
+/// Checks the request, runs it, keeps the images and records the event.
 pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted, AppError> {
     let started = Instant::now();
     let max_pixels = state.limits.max_pixels;

@@ -15,26 +15,37 @@ use crate::finetune::{FineTunes, FinetuneSettings};
 use crate::metrics::Metrics;
 use crate::models::ModelRegistry;
 use crate::pool::{Pool, PoolSettings};
+use crate::threads;
 
 /// Request limits and policies that handlers check.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Largest request body, in bytes.
     pub max_upload_bytes: usize,
+    /// The same, in megabytes, for error messages.
     pub max_upload_mb: f64,
+    /// Most pixels an image or mask may have.
     pub max_pixels: u64,
+    /// Largest fine-tune upload, in bytes.
     pub finetune_max_bytes: usize,
+    /// How long a request may wait for its result.
     pub timeout: Duration,
+    /// Origins allowed by CORS (`*` for any); none: no CORS headers.
     pub cors_origins: Vec<String>,
 }
 
+/// Everything a handler can reach; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
+    /// Where inference runs.
     pub backend: Arc<Backend>,
     /// `None` with `--history none`: events are not kept and `/api/v1/history` answers 501.
     pub history: Option<Arc<dyn HistorySink>>,
     /// `None` with `--images none`: results are returned but not kept.
     pub images: Option<Arc<ImageStore>>,
+    /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Request limits.
     pub limits: Arc<Limits>,
     /// Inference requests admitted at once (reading a body, queued, running, storing): with
     /// the body limit, this bounds the memory that uploads can take.
@@ -45,16 +56,31 @@ pub struct AppState {
     pub finetune: Option<Arc<FineTunes>>,
 }
 
+/// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// A flag value that cannot work.
     #[error("{0}")]
     Config(String),
+    /// The device does not exist or cannot be used.
     #[error(transparent)]
     Device(#[from] partialconv::Error),
+    /// A history sink failed to open.
     #[error("history sink {url}: {source}")]
-    History { url: String, source: HistoryError },
+    History {
+        /// The sink's URL.
+        url: String,
+        /// Why it failed.
+        source: HistoryError,
+    },
+    /// The image store failed to open.
     #[error("image store {spec}: {source}")]
-    Images { spec: String, source: HistoryError },
+    Images {
+        /// The `--images` value.
+        spec: String,
+        /// Why it failed.
+        source: HistoryError,
+    },
 }
 
 impl AppState {
@@ -87,7 +113,7 @@ impl AppState {
             cfg.ensemble,
             cfg.loaded_models,
         ));
-        let intra_op_threads = default_intra_op_threads();
+        let intra_op_threads = threads::default_intra_op_threads();
         let (backend, finetune) = match &cfg.remote_model {
             Some(url) => (
                 Backend::Remote(Box::new(Remote::new(
@@ -144,14 +170,6 @@ impl AppState {
             }),
         })
     }
-}
-
-/// libtorch's default intra-op thread count (one per physical core), read once per process:
-/// later reads can see a training thread's lowered count, which libtorch hands on to threads
-/// that have not chosen one (see `finetune::pin_intra_op_threads`).
-fn default_intra_op_threads() -> usize {
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(|| tch::get_num_threads().max(1) as usize)
 }
 
 fn finetune_settings(cfg: &Config, device: tch::Device) -> FinetuneSettings {

@@ -3,6 +3,7 @@
 use axum::http::header;
 use axum::response::IntoResponse;
 
+/// `GET /`: the page.
 pub async fn index() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -10,6 +11,7 @@ pub async fn index() -> impl IntoResponse {
     )
 }
 
+/// `GET /app.js`: the page's script.
 pub async fn script() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
@@ -17,6 +19,7 @@ pub async fn script() -> impl IntoResponse {
     )
 }
 
+/// `GET /app.css`: the page's style sheet.
 pub async fn style() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
