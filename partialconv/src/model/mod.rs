@@ -9,7 +9,7 @@ pub mod pth;
 pub mod source;
 
 pub use pth::{canonical_name, import_pth};
-pub use source::{bundled_model, load_model, MODEL_ENV};
+pub use source::{bundled_model, load_model, ModelSource, MODEL_ENV};
 // Its own crate now; re-exported so `checkpoint::torch_pickle` keeps working.
 pub use torch_pickle;
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use history_sink::HistoryEvent;
 use partialconv::eval::ValReport;
 use partialconv::train::{CancelToken, FineTuner, TrainConfig};
+use partialconv::ModelSource;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -91,16 +92,14 @@ impl Inner {
 
     /// The file the bundled model is written to, so that the trainer can read it as a base.
     fn default_base(&self) -> Result<PathBuf, String> {
-        if let Some(p) = &self.settings.default_model {
-            return Ok(p.clone());
-        }
-        if let Some(p) =
-            std::env::var_os(partialconv::inpainter::MODEL_ENV).filter(|p| !p.is_empty())
-        {
-            return Ok(PathBuf::from(p));
-        }
-        let bytes = partialconv::inpainter::bundled_model()
-            .ok_or("this build has no bundled model; start the server with --model")?;
+        let source = ModelSource::resolve(self.settings.default_model.as_deref())
+            .map_err(|_| "this build has no bundled model; start the server with --model")?;
+        let bytes = match source {
+            ModelSource::File(p) => return Ok(p),
+            ModelSource::Bundled => partialconv::inpainter::bundled_model()
+                .ok_or("this build has no bundled model; start the server with --model")?,
+            other => return Err(format!("cannot train from {other:?}")),
+        };
         let path = self.root.join("base.safetensors");
         let current = std::fs::metadata(&path).map(|m| m.len() == bytes.len() as u64);
         if !matches!(current, Ok(true)) {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use image::{DynamicImage, GenericImageView};
-use partialconv::{io::decode_image, HoleMask, Inpainter};
+use partialconv::{io::decode_image, HoleMask, Inpainter, ModelSource};
 
 use super::{Job, JobInput, JobOutput, LoadState, ModelInfo, PoolError, Shared};
 use crate::codec::encode;
@@ -17,21 +17,10 @@ use crate::threads::pin_intra_op_threads;
 
 fn model_info(inpainter: &Inpainter, path: Option<&PathBuf>) -> ModelInfo {
     let meta = inpainter.meta();
-    let model_id = match path {
-        Some(p) => p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| p.display().to_string()),
-        None => std::env::var(partialconv::inpainter::MODEL_ENV)
-            .ok()
-            .filter(|p| !p.is_empty())
-            .and_then(|p| {
-                PathBuf::from(p)
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-            })
-            .unwrap_or_else(|| "bundled".to_owned()),
-    };
+    // The model is loaded by now, so its source resolves.
+    let model_id = ModelSource::resolve(path.map(PathBuf::as_path))
+        .map(|s| s.id())
+        .unwrap_or_else(|_| "bundled".to_owned());
     let c = &meta.config;
     ModelInfo {
         model_id,
