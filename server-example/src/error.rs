@@ -235,15 +235,6 @@ impl IntoResponse for AppError {
                 Self::NotReady(_) => "the model is not loaded yet".to_owned(),
                 _ => "something went wrong".to_owned(),
             }
-        } else if let Self::Image(partialconv::Error::MaskSize {
-            image_w,
-            image_h,
-            mask_w,
-            mask_h,
-        }) = &self
-        {
-            // The core's message suggests a CLI flag; an HTTP client cannot use it.
-            format!("mask is {mask_w}×{mask_h} but the image is {image_w}×{image_h}")
         } else {
             self.to_string()
         };
