@@ -87,7 +87,10 @@ mod tests {
     #[test]
     fn a_named_file_wins_and_is_named_by_its_stem() {
         let s = ModelSource::resolve(Some(Path::new("/models/run13.safetensors"))).unwrap();
-        assert_eq!(s, ModelSource::File(PathBuf::from("/models/run13.safetensors")));
+        assert_eq!(
+            s,
+            ModelSource::File(PathBuf::from("/models/run13.safetensors"))
+        );
         assert_eq!(s.id(), "run13");
         assert_eq!(ModelSource::Bundled.id(), "bundled");
         assert!(matches!(
