@@ -47,6 +47,8 @@ lint: setup services
 	cargo fmt --all --check
 	cargo fmt --manifest-path partialconv-py/Cargo.toml --check
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
+	# The default features are what `make run` and most users build.
+	cargo clippy -p server-example -p history-sink --all-targets -- -D warnings
 	CARGO_TARGET_DIR=$(PY_TARGET) cargo clippy --release --manifest-path partialconv-py/Cargo.toml --all-targets -- -D warnings
 
 services:
@@ -68,6 +70,8 @@ export HISTORY_TEST_MOTO ?= $(CACHE)/venv-moto/bin/moto_server
 
 test-rust: setup services fixtures
 	cargo test --workspace --all-features
+	# And with the default features (SQLite history, local images), as `make run` builds them.
+	cargo test -p server-example -p history-sink
 
 # The bindings, built into the same environment, against the same libtorch.
 test-python: setup
