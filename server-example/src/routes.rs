@@ -465,8 +465,14 @@ pub async fn healthz() -> Json<serde_json::Value> {
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
     let info = state.backend.readiness().await?;
     let mut body = serde_json::json!({ "status": "ready", "model": info });
-    if let Some(sink) = &state.history {
-        body["history"] = crate::history::readiness(&sink.spool_stats());
+    // Only sinks that spool have a delivery state worth reporting (SQLite writes directly).
+    let spools = state
+        .history
+        .as_ref()
+        .map(|h| h.spool_stats())
+        .unwrap_or_default();
+    if !spools.is_empty() {
+        body["history"] = crate::history::readiness(&spools);
     }
     Ok(Json(body))
 }
