@@ -265,9 +265,24 @@ impl HistorySink for MySqlSink {
     }
 }
 
-/// Whether MySQL refused the statement itself (as opposed to being unreachable).
+/// Whether MySQL refused the data itself, so that retrying can never help: SQLSTATE
+/// classes 22 (data exception) and 23 (integrity), and the value errors MySQL reports as
+/// `HY000`. Everything else (unreachable, read-only during a failover, deadlocks, lock
+/// waits, a full table) is transient, and the events wait.
 pub fn is_rejection(e: &HistoryError) -> bool {
-    matches!(e, HistoryError::Database(sqlx::Error::Database(_)))
+    let HistoryError::Database(sqlx::Error::Database(db)) = e else {
+        return false;
+    };
+    if db
+        .code()
+        .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+    {
+        return true;
+    }
+    // ER_TRUNCATED_WRONG_VALUE_FOR_FIELD, ER_TRUNCATED_WRONG_VALUE, ER_WARN_DATA_OUT_OF_RANGE,
+    // ER_DATA_TOO_LONG, ER_BAD_NULL_ERROR.
+    db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .is_some_and(|m| matches!(m.number(), 1366 | 1292 | 1264 | 1406 | 1048))
 }
 
 fn decode_record(r: &SpoolRecord) -> Result<RawEvent> {

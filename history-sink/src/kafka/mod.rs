@@ -147,7 +147,8 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result
 }
 
 /// Whether retrying a failed send can never help (the event itself is unacceptable).
-/// Everything else (timeouts, broker or network down, leader changes) is transient.
+/// Everything else (timeouts, broker or network down, leader changes, and authorisation,
+/// which an operator fixes) is transient: the events stay spooled.
 pub fn is_permanent(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
@@ -156,7 +157,6 @@ pub fn is_permanent(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::InvalidMessageSize
                 | RDKafkaErrorCode::InvalidMessage
                 | RDKafkaErrorCode::InvalidRecord
-                | RDKafkaErrorCode::TopicAuthorizationFailed
                 | RDKafkaErrorCode::InvalidArgument
         )
     )

@@ -147,6 +147,17 @@ struct Shared<D> {
     wake: Notify,
 }
 
+impl<D> Shared<D> {
+    /// Copies the spool's pending figures for the bound and the metrics; called with the
+    /// spool locked.
+    fn publish(&self, spool: &Spool) {
+        self.pending_bytes
+            .store(spool.pending_bytes(), Ordering::SeqCst);
+        self.pending_events
+            .store(spool.pending_records(), Ordering::SeqCst);
+    }
+}
+
 /// A [`HistorySink`] that spools every event locally and delivers it to `D` in the
 /// background. See the module documentation.
 pub struct Outbox<D: Deliver> {
@@ -379,23 +390,22 @@ async fn append_task<D: Deliver>(
     while rx.recv_many(&mut batch, 4096).await > 0 {
         let payloads: Vec<Vec<u8>> = batch.iter_mut().map(|(p, _)| std::mem::take(p)).collect();
         let bytes: u64 = payloads.iter().map(|p| p.len() as u64 + 1).sum();
-        let spool = shared.spool.clone();
+        let sh = shared.clone();
         let res = tokio::task::spawn_blocking(move || {
-            let mut s = spool.lock().expect("spool lock poisoned");
+            let mut s = sh.spool.lock().expect("spool lock poisoned");
             s.append(payloads.iter().map(Vec::as_slice))?;
-            Ok::<_, HistoryError>((s.pending_bytes(), s.pending_records()))
+            // Under the lock, so that the delivery task cannot store an older figure last.
+            sh.publish(&s);
+            Ok::<_, HistoryError>(())
         })
         .await
         .unwrap_or_else(|e| Err(HistoryError::io("history-spool", std::io::Error::other(e))));
         match res {
-            Ok((pending_bytes, pending_events)) => {
-                // Pending first, then release the queue's share: the bound never dips.
-                shared.pending_bytes.store(pending_bytes, Ordering::SeqCst);
-                shared
-                    .pending_events
-                    .store(pending_events, Ordering::SeqCst);
-                shared.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
+            Ok(()) => {
+                // Appended before the queue's share is released: a flush that sees the queue
+                // empty also sees these bytes to wait for, and the bound never dips.
                 shared.appended.send_modify(|p| *p += bytes);
+                shared.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
                 shared.wake.notify_one();
                 for (_, ack) in batch.drain(..) {
                     let _ = ack.send(Ok(()));
@@ -427,7 +437,7 @@ async fn deliver_task<D: Deliver>(shared: Arc<Shared<D>>, cfg: OutboxConfig) {
     let mut backoff = cfg.retry_initial;
     loop {
         let spool = shared.spool.clone();
-        let batch = cfg.batch;
+        let batch = cfg.batch.max(1);
         let records = tokio::task::spawn_blocking(move || {
             spool
                 .lock()
@@ -466,21 +476,20 @@ async fn deliver_task<D: Deliver>(shared: Arc<Shared<D>>, cfg: OutboxConfig) {
                 .collect();
             let delivered = (settled - rejected.len()) as u64;
             let end = records[settled - 1].end;
-            let spool = shared.spool.clone();
+            let sh = shared.clone();
             let res = tokio::task::spawn_blocking(move || {
-                let mut s = spool.lock().expect("spool lock poisoned");
+                let mut s = sh.spool.lock().expect("spool lock poisoned");
                 if !rejected.is_empty() {
                     keep_rejected(s.dir(), &rejected)?;
                 }
                 s.advance(end)?;
-                Ok::<_, HistoryError>((s.pending_bytes(), s.pending_records()))
+                sh.publish(&s);
+                Ok::<_, HistoryError>(())
             })
             .await
             .expect("spool advance task panicked");
             match res {
-                Ok((bytes, events)) => {
-                    shared.pending_bytes.store(bytes, Ordering::SeqCst);
-                    shared.pending_events.store(events, Ordering::SeqCst);
+                Ok(()) => {
                     shared.delivered.fetch_add(delivered, Ordering::Relaxed);
                     let advanced = end - records[0].end + records[0].payload.len() as u64 + 1;
                     shared.settled.send_modify(|p| *p += advanced);

@@ -388,7 +388,7 @@ impl Spool {
     fn roll(&mut self) -> Result<()> {
         let start = self.end();
         let path = self.segment_path(start);
-        self.head = OpenOptions::new()
+        let head = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
@@ -396,6 +396,8 @@ impl Spool {
             .open(&path)
             .map_err(|e| HistoryError::io(&path, e))?;
         sync_dir(&self.dir)?;
+        // Only now, together: a failure above leaves the old head in use.
+        self.head = head;
         self.segments.push_back(Segment { start, len: 0 });
         Ok(())
     }
@@ -449,14 +451,23 @@ impl Spool {
             });
         }
         let delivered = self.count_between(self.cursor, end)?;
+        // The file first: if it cannot be written, the cursor stays where it was and those
+        // records are offered again, rather than skipped by memory and replayed by disk.
+        write_cursor(&self.dir, end)?;
         self.cursor = end;
-        self.write_cursor()?;
         self.pending_records = self.pending_records.saturating_sub(delivered);
+        // The cursor has moved; what follows only reclaims disk, and a failure leaves a
+        // consumed segment that the next advance or open deletes.
         if self.is_empty() && self.segments.back().is_some_and(|s| s.len > 0) {
             // Nothing pending: start an empty head so the delivered one can go too.
-            self.roll()?;
+            if let Err(e) = self.roll() {
+                tracing::warn!(error = %e, "could not start a new spool segment");
+            }
         }
-        self.delete_consumed()
+        if let Err(e) = self.delete_consumed() {
+            tracing::warn!(error = %e, "could not delete a delivered spool segment");
+        }
+        Ok(())
     }
 
     fn count_between(&self, from: u64, to: u64) -> Result<u64> {
@@ -498,17 +509,22 @@ impl Spool {
     }
 
     fn write_cursor(&self) -> Result<()> {
-        let path = self.dir.join(CURSOR);
-        let tmp = self.dir.join("cursor.tmp");
-        let res = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(self.cursor.to_string().as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
-        })();
-        res.map_err(|e| HistoryError::io(path, e))
+        write_cursor(&self.dir, self.cursor)
     }
+}
+
+/// Replaces `dir/cursor` with `position` atomically: write, fsync, rename, fsync the folder.
+fn write_cursor(dir: &Path, position: u64) -> Result<()> {
+    let path = dir.join(CURSOR);
+    let tmp = dir.join("cursor.tmp");
+    let res = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(position.to_string().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    })();
+    res.map_err(|e| HistoryError::io(path, e))
 }
 
 /// Renames an earlier version's `spool.log` + `spool.cursor` into the first segment and the
