@@ -33,17 +33,22 @@ pub struct MySqlSink {
 /// Opens a pool for `mysql://…` (no migrations).
 pub async fn connect_pool(url: &str, max_connections: u32) -> Result<MySqlPool> {
     let opts = MySqlConnectOptions::from_str(url)?;
-    Ok(MySqlPoolOptions::new()
+    Ok(pool_options(max_connections).connect_with(opts).await?)
+}
+
+/// Connections a sink's pool opens at most.
+const SINK_CONNECTIONS: u32 = 8;
+
+fn pool_options(max_connections: u32) -> MySqlPoolOptions {
+    MySqlPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts)
-        .await?)
 }
 
 impl MySqlSink {
     /// Connects to `mysql://user:pass@host:port/db` and runs the migrations.
     pub async fn connect(url: &str) -> Result<Self> {
-        Self::from_pool(connect_pool(url, 8).await?).await
+        Self::from_pool(connect_pool(url, SINK_CONNECTIONS).await?).await
     }
 
     /// Wraps an existing pool and runs the migrations.
@@ -59,11 +64,8 @@ impl MySqlSink {
     /// A sink for `mysql://…` that connects, and runs the migrations, on first use: the
     /// database may be down when it is created.
     pub fn connect_lazy(url: &str) -> Result<Self> {
-        let opts = MySqlConnectOptions::from_str(url)?;
-        let pool = MySqlPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(opts);
+        let pool =
+            pool_options(SINK_CONNECTIONS).connect_lazy_with(MySqlConnectOptions::from_str(url)?);
         Ok(Self {
             pool,
             migrated: Arc::default(),

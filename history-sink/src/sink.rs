@@ -87,6 +87,15 @@ pub struct SpoolStats {
     pub last_error: Option<String>,
 }
 
+impl SpoolStats {
+    /// How long the oldest undelivered event has waited at `now`, in seconds; `None` when
+    /// nothing waits.
+    pub fn oldest_age_seconds(&self, now: DateTime<Utc>) -> Option<f64> {
+        self.oldest_pending
+            .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+    }
+}
+
 /// Somewhere history events go.
 ///
 /// `record` must be durable when it returns `Ok` (committed to a database, or fsynced to a

@@ -1,5 +1,7 @@
 //! `partialconv import` on a checkpoint written by the PyTorch reference.
 
+// The library's reference fixtures, generated the same way for both crates.
+#[path = "../../partialconv/tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;

@@ -41,9 +41,7 @@ pub fn readiness(stats: &[SpoolStats]) -> serde_json::Value {
     let sinks: Vec<serde_json::Value> = stats
         .iter()
         .map(|s| {
-            let age = s
-                .oldest_pending
-                .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
+            let age = s.oldest_age_seconds(now);
             let (status, message) = match &s.last_error {
                 None => ("delivering", None),
                 Some(e) => (

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use history_sink::SpoolStats;
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -217,31 +217,30 @@ impl Metrics {
     }
 }
 
-/// Reads one series' value from a spool's stats at a given time.
-type SpoolValue = fn(&SpoolStats, DateTime<Utc>) -> f64;
+/// Reads one series' value from a spool's stats.
+type SpoolValue = fn(&SpoolStats) -> f64;
 
 /// Appends the history spools' gauges and counters, labelled by sink.
 pub fn render_spools(out: &mut String, stats: &[SpoolStats]) {
     if stats.is_empty() {
         return;
     }
-    let now = chrono::Utc::now();
     let series: [(&str, &str, &str, SpoolValue); 8] = [
-        ("history_spool_events", "gauge", "History events in the local spool, not yet delivered.", |s, _| s.pending_events as f64),
-        ("history_spool_bytes", "gauge", "Bytes of undelivered history in the local spool.", |s, _| s.pending_bytes as f64),
-        ("history_spool_max_bytes", "gauge", "The spool's bound (--history-spool-max-mb).", |s, _| s.max_bytes as f64),
-        ("history_spool_oldest_age_seconds", "gauge", "Age of the oldest undelivered history event; 0 when none waits.", |s, now| {
-            s.oldest_pending.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+        ("history_spool_events", "gauge", "History events in the local spool, not yet delivered.", |s| s.pending_events as f64),
+        ("history_spool_bytes", "gauge", "Bytes of undelivered history in the local spool.", |s| s.pending_bytes as f64),
+        ("history_spool_max_bytes", "gauge", "The spool's bound (--history-spool-max-mb).", |s| s.max_bytes as f64),
+        ("history_spool_oldest_age_seconds", "gauge", "Age of the oldest undelivered history event; 0 when none waits.", |s| {
+            s.oldest_age_seconds(Utc::now()).unwrap_or(0.0)
         }),
-        ("history_delivery_up", "gauge", "1 when the latest delivery from the spool succeeded, 0 while the destination is failing.", |s, _| f64::from(u8::from(s.last_error.is_none()))),
-        ("history_delivered_total", "counter", "History events delivered from the spool.", |s, _| s.delivered as f64),
-        ("history_delivery_failures_total", "counter", "Failed delivery attempts (each is retried).", |s, _| s.delivery_failures as f64),
-        ("history_dropped_total", "counter", "History events dropped because the spool was full.", |s, _| s.dropped as f64),
+        ("history_delivery_up", "gauge", "1 when the latest delivery from the spool succeeded, 0 while the destination is failing.", |s| f64::from(u8::from(s.last_error.is_none()))),
+        ("history_delivered_total", "counter", "History events delivered from the spool.", |s| s.delivered as f64),
+        ("history_delivery_failures_total", "counter", "Failed delivery attempts (each is retried).", |s| s.delivery_failures as f64),
+        ("history_dropped_total", "counter", "History events dropped because the spool was full.", |s| s.dropped as f64),
     ];
     for (name, kind, help, value) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for s in stats {
-            let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", esc(s.sink), value(s, now));
+            let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", esc(s.sink), value(s));
         }
     }
 }

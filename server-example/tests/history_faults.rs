@@ -43,9 +43,39 @@ fn history_service_binary() -> PathBuf {
     bin
 }
 
+/// A process the test starts, may kill with SIGKILL (no shutdown hook runs) and start
+/// again; killed when dropped.
+#[derive(Default)]
+struct Process(Option<Child>);
+
+impl Process {
+    fn start(&mut self, child: Child) {
+        assert!(self.0.is_none(), "already running");
+        self.0 = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn assert_running(&mut self, what: &str) {
+        let exited = self.0.as_mut().map(|c| c.try_wait().unwrap());
+        assert!(matches!(exited, Some(None)), "{what} is not running");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The `server-example` binary on a data dir of its own, on a free port.
 struct Server {
-    child: Option<Child>,
+    child: Process,
     url: String,
     data_dir: PathBuf,
     args: Vec<String>,
@@ -56,7 +86,7 @@ impl Server {
     async fn start(data_dir: &Path, args: &[&str]) -> Self {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut s = Self {
-            child: None,
+            child: Process::default(),
             url: String::new(),
             data_dir: data_dir.to_owned(),
             args,
@@ -68,7 +98,6 @@ impl Server {
 
     /// Starts the process (again, on the same data dir) and waits until it is ready.
     async fn restart(&mut self) {
-        assert!(self.child.is_none(), "server already running");
         let mut child = Command::new(env!("CARGO_BIN_EXE_server-example"))
             .args(["--bind", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
@@ -94,7 +123,7 @@ impl Server {
             .strip_prefix("server-example listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         self.url = addr.trim_end_matches('/').to_owned();
-        self.child = Some(child);
+        self.child.start(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.readyz().await.is_none() {
             assert!(Instant::now() < deadline, "server not ready after 60 s");
@@ -154,21 +183,12 @@ impl Server {
 
     /// SIGKILL: no shutdown hook runs.
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.kill();
     }
 }
 
 /// The `history-service` binary: Kafka consumer group into MySQL.
-struct HistoryService(Child);
+struct HistoryService(Process);
 
 impl HistoryService {
     fn start(brokers: &str, mysql: &str, log: &Path) -> Self {
@@ -183,21 +203,11 @@ impl HistoryService {
             .stderr(log)
             .spawn()
             .unwrap();
-        Self(child)
+        Self(Process(Some(child)))
     }
 
     fn assert_running(&mut self) {
-        assert!(
-            self.0.try_wait().unwrap().is_none(),
-            "history-service exited"
-        );
-    }
-}
-
-impl Drop for HistoryService {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.0.assert_running("history-service");
     }
 }
 
@@ -205,7 +215,7 @@ impl Drop for HistoryService {
 struct OwnMariaDb {
     port: u16,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    child: Process,
 }
 
 impl OwnMariaDb {
@@ -227,7 +237,7 @@ impl OwnMariaDb {
         let mut db = Self {
             port: free_port(),
             dir,
-            child: None,
+            child: Process::default(),
         };
         db.restart().await;
         let mut conn = MySqlConnection::connect(&db.base_url()).await.unwrap();
@@ -247,7 +257,6 @@ impl OwnMariaDb {
     }
 
     async fn restart(&mut self) {
-        assert!(self.child.is_none(), "MariaDB already running");
         let d = self.dir.path();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -271,7 +280,7 @@ impl OwnMariaDb {
             .stderr(log)
             .spawn()
             .unwrap();
-        self.child = Some(child);
+        self.child.start(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while MySqlConnection::connect(&self.base_url()).await.is_err() {
             assert!(
@@ -286,16 +295,7 @@ impl OwnMariaDb {
 
     /// SIGKILL, mid-whatever.
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnMariaDb {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.kill();
     }
 }
 

@@ -219,20 +219,9 @@ impl<D: Deliver> Outbox<D> {
         })
     }
 
-    /// The delivery target.
-    pub fn target(&self) -> &D {
-        &self.shared.target
-    }
-
     /// Events on disk that the target has not taken yet.
     pub fn pending_events(&self) -> u64 {
         self.shared.pending_events.load(Ordering::SeqCst)
-    }
-
-    /// Whether every recorded event has been delivered.
-    pub fn is_drained(&self) -> bool {
-        self.shared.queued_bytes.load(Ordering::SeqCst) == 0
-            && *self.shared.settled.borrow() >= *self.shared.appended.borrow()
     }
 
     /// Waits up to `timeout` until every event recorded so far has been delivered.
@@ -475,14 +464,18 @@ async fn deliver_task<D: Deliver>(shared: Arc<Shared<D>>, cfg: OutboxConfig) {
                 .map(|&i| records[i].payload.clone())
                 .collect();
             let delivered = (settled - rejected.len()) as u64;
-            let end = records[settled - 1].end;
+            // Bytes from the first record's start to the last settled one's end.
+            let advanced =
+                records[settled - 1].end - records[0].end + records[0].payload.len() as u64 + 1;
+            let mut done = records;
+            done.truncate(settled);
             let sh = shared.clone();
             let res = tokio::task::spawn_blocking(move || {
                 let mut s = sh.spool.lock().expect("spool lock poisoned");
                 if !rejected.is_empty() {
                     keep_rejected(s.dir(), &rejected)?;
                 }
-                s.advance(end)?;
+                s.advance(&done)?;
                 sh.publish(&s);
                 Ok::<_, HistoryError>(())
             })
@@ -491,7 +484,6 @@ async fn deliver_task<D: Deliver>(shared: Arc<Shared<D>>, cfg: OutboxConfig) {
             match res {
                 Ok(()) => {
                     shared.delivered.fetch_add(delivered, Ordering::Relaxed);
-                    let advanced = end - records[0].end + records[0].payload.len() as u64 + 1;
                     shared.settled.send_modify(|p| *p += advanced);
                 }
                 Err(e) => {
@@ -561,6 +553,15 @@ mod tests {
         got: Mutex<Vec<Uuid>>,
     }
 
+    impl Target {
+        /// A target whose destination is down until the test brings it up.
+        fn down() -> Arc<Self> {
+            let t = Arc::new(Self::default());
+            t.down.store(true, Ordering::SeqCst);
+            t
+        }
+    }
+
     #[async_trait]
     impl Deliver for Arc<Target> {
         fn name(&self) -> &'static str {
@@ -587,8 +588,7 @@ mod tests {
     #[tokio::test]
     async fn events_wait_on_disk_while_the_target_is_down_and_go_in_order() {
         let d = tempfile::tempdir().unwrap();
-        let target = Arc::new(Target::default());
-        target.down.store(true, Ordering::SeqCst);
+        let target = Target::down();
         let outbox = Outbox::open(target.clone(), config(d.path()))
             .await
             .unwrap();
@@ -618,8 +618,7 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_record_still_reaches_the_spool() {
         let d = tempfile::tempdir().unwrap();
-        let target = Arc::new(Target::default());
-        target.down.store(true, Ordering::SeqCst);
+        let target = Target::down();
         let outbox = Outbox::open(target.clone(), config(d.path()))
             .await
             .unwrap();
@@ -639,8 +638,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_spool_drops_and_counts_without_waiting() {
         let d = tempfile::tempdir().unwrap();
-        let target = Arc::new(Target::default());
-        target.down.store(true, Ordering::SeqCst);
+        let target = Target::down();
         let mut cfg = config(d.path());
         cfg.max_bytes = 2_000;
         let outbox = Outbox::open(target.clone(), cfg).await.unwrap();
@@ -669,8 +667,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_process_delivers_what_the_old_one_spooled() {
         let d = tempfile::tempdir().unwrap();
-        let target = Arc::new(Target::default());
-        target.down.store(true, Ordering::SeqCst);
+        let target = Target::down();
         let ev = HistoryEvent::upload("u");
         {
             let outbox = Outbox::open(target.clone(), config(d.path()))

@@ -438,9 +438,14 @@ impl Spool {
         Ok(out)
     }
 
-    /// Marks everything before `end` (a [`SpoolRecord::end`]) as delivered, durably, and
-    /// deletes the segments that are now wholly delivered.
-    pub fn advance(&mut self, end: u64) -> Result<()> {
+    /// Marks `delivered` (the oldest pending records, as [`read_pending`](Self::read_pending)
+    /// returned them) as delivered, durably, and deletes the segments that are now wholly
+    /// delivered.
+    pub fn advance(&mut self, delivered: &[SpoolRecord]) -> Result<()> {
+        let Some(last) = delivered.last() else {
+            return Ok(());
+        };
+        let end = last.end;
         if end <= self.cursor {
             return Ok(());
         }
@@ -450,12 +455,11 @@ impl Spool {
                 reason: format!("advance to {end} past the end {}", self.end()),
             });
         }
-        let delivered = self.count_between(self.cursor, end)?;
         // The file first: if it cannot be written, the cursor stays where it was and those
         // records are offered again, rather than skipped by memory and replayed by disk.
         write_cursor(&self.dir, end)?;
         self.cursor = end;
-        self.pending_records = self.pending_records.saturating_sub(delivered);
+        self.pending_records = self.pending_records.saturating_sub(delivered.len() as u64);
         // The cursor has moved; what follows only reclaims disk, and a failure leaves a
         // consumed segment that the next advance or open deletes.
         if self.is_empty() && self.segments.back().is_some_and(|s| s.len > 0) {
@@ -468,26 +472,6 @@ impl Spool {
             tracing::warn!(error = %e, "could not delete a delivered spool segment");
         }
         Ok(())
-    }
-
-    fn count_between(&self, from: u64, to: u64) -> Result<u64> {
-        let mut n = 0;
-        for seg in self
-            .segments
-            .iter()
-            .filter(|s| s.end() > from && s.start < to)
-        {
-            let path = self.segment_path(seg.start);
-            let mut f = File::open(&path).map_err(|e| HistoryError::io(&path, e))?;
-            let lo = from.max(seg.start) - seg.start;
-            let hi = to.min(seg.end()) - seg.start;
-            let mut buf = vec![0; (hi - lo) as usize];
-            f.seek(SeekFrom::Start(lo))
-                .and_then(|_| f.read_exact(&mut buf))
-                .map_err(|e| HistoryError::io(&path, e))?;
-            n += buf.iter().filter(|&&b| b == b'\n').count() as u64;
-        }
-        Ok(n)
     }
 
     /// Deletes every segment but the head whose records have all been delivered.
@@ -605,14 +589,14 @@ mod tests {
         let recs = s.read_pending(2).unwrap();
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].payload, b"{\"a\":1}");
-        s.advance(recs[1].end).unwrap();
+        s.advance(&recs).unwrap();
         assert_eq!(s.pending_records(), 1);
         drop(s);
         assert_eq!(pending(d.path()), vec!["{\"a\":3}"]);
         let mut s = Spool::open(d.path()).unwrap();
         assert_eq!(s.pending_records(), 1);
         let recs = s.read_pending(10).unwrap();
-        s.advance(recs[0].end).unwrap();
+        s.advance(&recs).unwrap();
         assert!(s.is_empty());
         assert_eq!(
             s.disk_bytes(),
@@ -639,7 +623,7 @@ mod tests {
         while delivered < 15 {
             let recs = s.read_pending(15 - delivered).unwrap();
             delivered += recs.len();
-            s.advance(recs.last().unwrap().end).unwrap();
+            s.advance(&recs).unwrap();
         }
         assert_eq!(s.pending_records(), 15);
         assert!(!s.is_empty());
@@ -661,7 +645,7 @@ mod tests {
             let mut s = Spool::open(d.path()).unwrap();
             s.append([&b"one"[..], b"two", b"three"]).unwrap();
             let r = s.read_pending(1).unwrap();
-            s.advance(r[0].end).unwrap();
+            s.advance(&r).unwrap();
         }
         // Simulate a crash in the middle of an append.
         let mut f = OpenOptions::new()
