@@ -13,7 +13,7 @@ PY := $(CURDIR)/.venv/bin/python
 BIN := $(CARGO_TARGET_DIR)/release
 
 # `make demo` fills docs/img/sample.jpg with the CLI.
-.PHONY: setup run demo test test-rust test-python lint services fixtures bench
+.PHONY: setup run demo test test-rust test-python test-package wheel develop model lint services fixtures bench
 
 setup: .venv/.ready .libtorch
 
@@ -46,6 +46,7 @@ PY_TARGET := $(CACHE)/target-py
 lint: setup services
 	cargo fmt --all --check
 	cargo fmt --manifest-path partialconv-py/Cargo.toml --check
+	cargo fmt --manifest-path examples/consumer/Cargo.toml --check
 	cargo clippy --workspace --all-targets --all-features -- -D warnings
 	# The default features are what `make run` and most users build.
 	cargo clippy -p server-example -p history-sink --all-targets -- -D warnings
@@ -59,6 +60,7 @@ REF := $(CARGO_TARGET_DIR)/reference
 fixtures: setup
 	@mkdir -p $(REF)
 	$(PY) tests/reference/make_checkpoints.py $(REF)
+	$(PY) tests/reference/make_quant_fixture.py $(REF)
 	$(PY) tests/reference/make_vgg_fixture.py $(REF)
 	$(PY) tests/reference/make_loss_fixture.py $(REF)
 	$(PY) tests/reference/make_pth_fixtures.py $(REF)/pth
@@ -73,12 +75,43 @@ test-rust: setup services fixtures
 	# And with the default features (SQLite history, local images), as `make run` builds them.
 	cargo test -p server-example -p history-sink
 
-# The bindings, built into the same environment, against the same libtorch.
-test-python: setup
-	CARGO_TARGET_DIR=$(PY_TARGET) VIRTUAL_ENV=$(CURDIR)/.venv $(CURDIR)/.venv/bin/maturin develop --release -m partialconv-py/Cargo.toml
-	CARGO_TARGET_DIR=$(PY_TARGET) $(PY) -m pytest -q partialconv-py/tests
+# The bindings as users install them: `maturin build` makes the wheel, which goes into a
+# fresh virtualenv that borrows torch, numpy and pytest from the dev environment through a
+# .pth file (no second 4.7 GB torch), and the suite runs against that installed package.
+WHEELS := $(PY_TARGET)/wheels
+WHEEL_VENV := $(CACHE)/venv-wheel
+wheel: setup
+	rm -rf $(WHEELS)
+	CARGO_TARGET_DIR=$(PY_TARGET) $(CURDIR)/.venv/bin/maturin build --release -i $(PY) -m partialconv-py/Cargo.toml --out $(WHEELS)
 
-test: lint test-rust test-python
+test-python: wheel
+	rm -rf $(WHEEL_VENV)
+	python3 -m venv $(WHEEL_VENV)
+	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$$($(WHEEL_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/dev-env.pth"
+	$(WHEEL_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-index $(WHEELS)/partialconv-*.whl
+	cd partialconv-py/tests && CARGO_TARGET_DIR=$(PY_TARGET) PARTIALCONV_EXPECT_INSTALLED=$(WHEEL_VENV) \
+		$(WHEEL_VENV)/bin/python -m pytest -q -p no:cacheprovider .
+
+# An editable build into the dev environment, for working on the bindings.
+develop: setup
+	CARGO_TARGET_DIR=$(PY_TARGET) VIRTUAL_ENV=$(CURDIR)/.venv $(CURDIR)/.venv/bin/maturin develop --release -m partialconv-py/Cargo.toml
+
+# The crates as crates.io gets them, and a project of its own built on them (docs/library.md).
+test-package: setup
+	scripts/package.sh
+
+# `partialconv-model`'s int8 file, from the fp16 training output models/default.safetensors.
+model:
+	cargo run --release -p partialconv-cli --no-default-features -- convert \
+		models/default.safetensors partialconv-model/default.int8.safetensors --storage int8
+
+# Each step's wall time goes to the log, for the CI budget (docs/benchmarks.md).
+TEST_STEPS := lint test-rust test-python test-package
+test:
+	@for step in $(TEST_STEPS); do \
+		start=$$(date +%s); $(MAKE) --no-print-directory $$step || exit 1; \
+		echo "== make $$step: $$(( $$(date +%s) - start )) s"; \
+	done
 
 bench: setup
 	cargo bench -p partialconv

@@ -4,8 +4,7 @@ fn main() {
     // libtorch (pip's isolated one) is gone by then, so the extension's rpath is relative.
     // `partialconv/__init__.py` imports torch first anyway; this is the fallback.
     println!("cargo:rustc-link-arg-cdylib=-Wl,-rpath,$ORIGIN/../torch/lib");
-    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        let lib = std::fs::canonicalize(&lib).unwrap_or_else(|_| lib.into());
-        println!("cargo:rustc-link-arg-examples=-Wl,-rpath,{}", lib.display());
-    }
+    // The example is run from the build tree: libtorch where partialconv's build found it.
+    let arg = std::env::var("DEP_PARTIALCONV_LINK_ARG").expect("set by partialconv's build.rs");
+    println!("cargo:rustc-link-arg-examples={arg}");
 }

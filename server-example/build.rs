@@ -1,14 +1,6 @@
-//! Bakes libtorch's location into the binary's rpath, so it runs without LD_LIBRARY_PATH.
+//! Puts libtorch's folder, as `partialconv`'s build found it, into this crate's binaries'
+//! rpath, so they run without LD_LIBRARY_PATH: the recipe of docs/library.md.
 fn main() {
-    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        // Canonical, so the rpath survives the `.libtorch` link being re-pointed or absent.
-        let lib = std::fs::canonicalize(&lib).unwrap_or_else(|_| lib.into());
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-        // Nothing references libtorch_cuda's symbols directly (CUDA kernels register
-        // themselves when it loads), so `--as-needed` would drop it and `--device cuda`
-        // would find no GPU.
-        if lib.join("libtorch_cuda.so").exists() {
-            println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-        }
-    }
+    let arg = std::env::var("DEP_PARTIALCONV_LINK_ARG").expect("set by partialconv's build.rs");
+    println!("cargo:rustc-link-arg={arg}");
 }

@@ -105,6 +105,14 @@ enum Command {
         #[arg(long)]
         half: bool,
     },
+    /// Rewrite a model file in another storage: `int8` (per-output-channel convolution
+    /// weights, a quarter of fp32's size; how the bundled model ships), `f16` or `f32`.
+    Convert {
+        input: PathBuf,
+        output: PathBuf,
+        #[arg(long, default_value = "int8")]
+        storage: Storage,
+    },
     /// Train a model on a folder of photos, from scratch or from `--base`.
     Train(TrainArgs),
     /// Score a model per hole-ratio bucket next to Telea on the same holes.
@@ -209,7 +217,8 @@ struct TrainArgs {
     /// Folder of hole masks to train with instead of generated ones.
     #[arg(long)]
     masks: Option<PathBuf>,
-    /// Model to fine-tune; without it, train from scratch.
+    /// Model to fine-tune (a file, or `bundled` for the bundled model); without it, train
+    /// from scratch.
     #[arg(long)]
     base: Option<PathBuf>,
     /// Where to write the trained model.
@@ -372,6 +381,22 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
                 c.layer_size,
                 c.width,
                 model.parameter_count()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Convert {
+            input,
+            output,
+            storage,
+        } => {
+            partialconv::Model::load(&input, tch::Device::Cpu)?.save(&output, storage)?;
+            let bytes = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            eprintln!(
+                "{} ({} bytes) → {} ({} bytes, {storage})",
+                input.display(),
+                bytes(&input),
+                output.display(),
+                bytes(&output)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -612,7 +637,7 @@ fn train(a: TrainArgs) -> partialconv::Result<ExitCode> {
     cfg.stage2_at = a
         .stage2_at
         .unwrap_or(if a.base.is_some() { 0 } else { a.steps * 3 / 4 });
-    cfg.base = a.base;
+    cfg.base = a.base.map(partialconv::ModelSource::from_name);
     // Keep TrainConfig's defaults (the `Scaled` convention) for what the flags don't set.
     cfg.model = partialconv::PConvUNetConfig {
         width: a.width,

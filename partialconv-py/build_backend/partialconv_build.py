@@ -2,7 +2,7 @@
 
 torch-sys (the Rust crate that compiles against libtorch) reads LIBTORCH from its
 environment, and nothing in Cargo or maturin configuration can compute it. Under pip's build
-isolation the right libtorch is the `torch==2.11.0` of `[build-system].requires`, which
+isolation the right libtorch is the torch 2.11 of `[build-system].requires`, which
 only this process can locate, so it sets the variables before maturin starts cargo. They
 override the repository's `.cargo/config.toml`, which points at the developer venv instead.
 """
@@ -12,7 +12,7 @@ import os
 
 _spec = importlib.util.find_spec("torch")
 if _spec is None or not _spec.submodule_search_locations:
-    raise ImportError("partialconv's build needs torch==2.11.0 (see [build-system].requires)")
+    raise ImportError("partialconv's build needs torch 2.11 (see [build-system].requires)")
 os.environ["LIBTORCH"] = _spec.submodule_search_locations[0]
 # PyPI's torch 2.11 wheels are built with the C++11 ABI; finding that out by importing
 # torch would cost seconds per hook.

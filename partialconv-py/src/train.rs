@@ -88,7 +88,7 @@ impl FineTuner {
         // As the CLI: stage 2 (frozen encoder BN) covers the last quarter from scratch and
         // all of a fine-tune.
         cfg.stage2_at = stage2_at.unwrap_or(if base.is_some() { 0 } else { cfg.steps * 3 / 4 });
-        cfg.base = base;
+        cfg.base = base.map(partialconv::ModelSource::from_name);
         cfg.model = PConvUNetConfig {
             width: width.unwrap_or(cfg.model.width),
             layer_size: layer_size.unwrap_or(cfg.model.layer_size),

@@ -65,6 +65,9 @@ pub use train::{CancelToken, FineTuner, TrainConfig};
 /// The ndarray version of [`Inpainter::predict_array`] and [`MaskView`], so that callers
 /// build their views with the same crate.
 pub use ndarray;
+/// The tch (libtorch) version this crate is built on, so that callers name devices and
+/// tensors with the same crate without pinning it themselves.
+pub use tch;
 
 // The module paths of the flat layout before the layers, for code written against them.
 #[doc(hidden)]

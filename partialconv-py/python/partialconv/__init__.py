@@ -10,9 +10,25 @@ See docs/python.md in the repository.
 # The extension links libtorch without carrying it: loading torch first puts the wheel's
 # libtorch (the one the extension was built against) into the process, whichever of
 # `import torch` and `import partialconv` the user writes first.
-import torch as _torch  # noqa: F401
+import torch as _torch
 
-from ._partialconv import (
+# libtorch's C++ ABI holds within a minor series only: another series' libtorch would fail
+# to load the extension with a missing-symbol error, or load it and crash.
+_TORCH_SERIES = "2.11"
+
+
+def _series(version):
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+if _series(_torch.__version__) != _TORCH_SERIES:
+    raise ImportError(
+        f"partialconv was built against torch {_TORCH_SERIES}.x, but torch "
+        f"{_torch.__version__} is installed; install a {_TORCH_SERIES} release "
+        f"(pip install 'torch>={_TORCH_SERIES},<2.12') or build partialconv against yours"
+    )
+
+from ._partialconv import (  # noqa: E402  (after the version check)
     FineTuner,
     Inpainter,
     Progress,

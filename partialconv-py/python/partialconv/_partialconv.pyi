@@ -130,8 +130,8 @@ class _TrainSummary(TypedDict):
 
 @final
 class FineTuner:
-    """Trains a model on a folder of photos, from scratch or from `base` (the CLI's
-    `partialconv train`; every option is the flag of the same name, and None keeps the
+    """Trains a model on a folder of photos, from scratch or from `base` (a model file, or
+    `"bundled"` for the bundled model; the CLI's `partialconv train`; every option is the flag of the same name, and None keeps the
     CLI's default). Loads the photos, and resumes from `run_dir`'s checkpoint if there is
     one."""
 

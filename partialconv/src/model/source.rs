@@ -12,16 +12,14 @@ use crate::error::{Error, Result};
 /// Environment variable naming a model file to use instead of the bundled one.
 pub const MODEL_ENV: &str = "PARTIALCONV_MODEL";
 
-/// The model compiled into this build, if any (`models/default.safetensors`).
+/// The model compiled into this build, if any: the `partialconv-model` crate's, with the
+/// default `bundled-model` feature.
 pub fn bundled_model() -> Option<&'static [u8]> {
-    #[cfg(all(feature = "bundled-model", bundled_model))]
+    #[cfg(feature = "bundled-model")]
     {
-        Some(include_bytes!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../models/default.safetensors"
-        )))
+        Some(partialconv_model::SAFETENSORS)
     }
-    #[cfg(not(all(feature = "bundled-model", bundled_model)))]
+    #[cfg(not(feature = "bundled-model"))]
     {
         None
     }
@@ -50,6 +48,17 @@ impl ModelSource {
         }
         bundled_model().ok_or(Error::NoModel)?;
         Ok(Self::Bundled)
+    }
+
+    /// `bundled` for the bundled model, any other name for that file: how the CLI's and
+    /// Python's `base` arguments name a model.
+    pub fn from_name(name: impl Into<PathBuf>) -> Self {
+        let name = name.into();
+        if name.as_os_str() == "bundled" {
+            Self::Bundled
+        } else {
+            Self::File(name)
+        }
     }
 
     /// A short name for logs and responses: the file's stem, or `bundled`.

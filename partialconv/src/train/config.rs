@@ -6,7 +6,7 @@ use std::time::Duration;
 use tch::Device;
 
 use super::loss::LossWeights;
-use crate::model::Storage;
+use crate::model::{ModelSource, Storage};
 use crate::nn::unet::PConvUNetConfig;
 
 /// Everything a training run needs.
@@ -23,7 +23,7 @@ pub struct TrainConfig {
     /// Checkpoints, the CSV log, the plot and sample grids.
     pub run_dir: PathBuf,
     /// Model to start from; `None` trains from scratch with `model`.
-    pub base: Option<PathBuf>,
+    pub base: Option<ModelSource>,
     /// Shape of a network trained from scratch; ignored when `base` is set.
     pub model: PConvUNetConfig,
     /// Steps to train to (counted from the start of the run, across resumes).

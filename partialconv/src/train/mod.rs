@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::eval::{eval_crop, eval_masks, evaluate_model, ValReport};
 use crate::imaging::convert::composite;
 use crate::imaging::masks::{HoleMask, RATIO_BUCKETS};
-use crate::model::{normalize, write_atomic, Model, ModelMeta, Storage};
+use crate::model::{normalize, write_atomic, Model, ModelMeta, ModelSource, Storage};
 use crate::nn::layer::Mask;
 use crate::nn::vgg::Vgg19Features;
 use crate::train::loss::InpaintingLoss;
@@ -222,7 +222,7 @@ impl FineTuner {
             load_checkpoint(&resume, cfg.device)?
         } else {
             let model = match &cfg.base {
-                Some(base) => Model::load(base, cfg.device)?,
+                Some(base) => base.load(cfg.device)?,
                 None => {
                     let mut meta = ModelMeta::new(cfg.model);
                     meta.train_size = Some(cfg.train_size);
@@ -406,7 +406,7 @@ impl FineTuner {
             "train_size": self.cfg.train_size,
             "photo_side": self.cfg.photo_side,
             "train_images": self.train.len(),
-            "base": self.cfg.base.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy()),
+            "base": self.cfg.base.as_ref().map(ModelSource::id),
             "loss": {"valid": self.cfg.loss.valid, "hole": self.cfg.loss.hole,
                      "hole_mse": self.cfg.loss.hole_mse, "tv": self.cfg.loss.tv,
                      "perceptual": if self.cfg.vgg.is_some() { self.cfg.loss.perceptual } else { 0.0 },

@@ -19,6 +19,7 @@ pub fn reference_dir() -> &'static Path {
             .unwrap_or_else(|_| root.join(".venv/bin/python").display().to_string());
         for script in [
             "make_checkpoints.py",
+            "make_quant_fixture.py",
             "make_vgg_fixture.py",
             "make_loss_fixture.py",
         ] {

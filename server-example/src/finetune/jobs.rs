@@ -26,8 +26,6 @@ const CONCURRENT_UPLOADS: usize = 2;
 
 /// What the handle and the training thread share.
 pub(super) struct Inner {
-    /// `DATA_DIR/finetune`.
-    pub(super) root: PathBuf,
     pub(super) settings: FinetuneSettings,
     pub(super) table: Mutex<Table>,
     /// Wakes the training thread: a job was queued, or the server is stopping.
@@ -70,7 +68,6 @@ impl FineTunes {
         std::fs::create_dir_all(&jobs_dir)?;
         let table = store::load(&jobs_dir)?;
         let inner = Arc::new(Inner {
-            root,
             settings,
             table: Mutex::new(table),
             wake: Condvar::new(),

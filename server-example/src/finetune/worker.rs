@@ -3,7 +3,6 @@
 
 use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,22 +89,10 @@ impl Inner {
         tx.send_replace(next);
     }
 
-    /// The file the bundled model is written to, so that the trainer can read it as a base.
-    fn default_base(&self) -> Result<PathBuf, String> {
-        let source = ModelSource::resolve(self.settings.default_model.as_deref())
-            .map_err(|_| "this build has no bundled model; start the server with --model")?;
-        let bytes = match source {
-            ModelSource::File(p) => return Ok(p),
-            ModelSource::Bundled => partialconv::inpainter::bundled_model()
-                .ok_or("this build has no bundled model; start the server with --model")?,
-            other => return Err(format!("cannot train from {other:?}")),
-        };
-        let path = self.root.join("base.safetensors");
-        let current = std::fs::metadata(&path).map(|m| m.len() == bytes.len() as u64);
-        if !matches!(current, Ok(true)) {
-            partialconv::checkpoint::write_atomic(&path, bytes).map_err(|e| e.to_string())?;
-        }
-        Ok(path)
+    /// The model a job starts from when it names no base: the server's default.
+    fn default_base(&self) -> Result<ModelSource, String> {
+        ModelSource::resolve(self.settings.default_model.as_deref())
+            .map_err(|_| "this build has no bundled model; start the server with --model".into())
     }
 
     fn run(&self, id: Uuid) -> Outcome {
@@ -114,15 +101,15 @@ impl Inner {
         let dir = self.models.job_dir(id);
         let s = &self.settings;
         let base = match status.base_model.parse::<Uuid>() {
-            Ok(b) => Ok(self.models.model_path(b)),
+            Ok(b) => Ok(ModelSource::File(self.models.model_path(b))),
             Err(_) => self.default_base(),
         };
         let base = match base {
-            Ok(b) if b.is_file() => b,
-            Ok(b) => {
-                tracing::warn!("base model file {} is missing", b.display());
+            Ok(ModelSource::File(p)) if !p.is_file() => {
+                tracing::warn!("base model file {} is missing", p.display());
                 return Outcome::Failed(format!("base model {} is gone", status.base_model));
             }
+            Ok(b) => b,
             Err(e) => return Outcome::Failed(e),
         };
         let mut cfg = TrainConfig::new(dir.join("train"), dir.join(MODEL_FILE));
