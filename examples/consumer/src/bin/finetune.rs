@@ -26,8 +26,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("step {}/{}: loss {:.4}", p.step, p.total, p.loss);
         ControlFlow::Continue(()) // Break stops the run after saving a checkpoint
     })?;
-    if let Some(val) = summary.last_val {
-        eprintln!("held-out PSNR {:.2} dB", val.mean_psnr());
+    match summary.last_val {
+        Some(val) if summary.val_images > 0 => {
+            eprintln!("held-out PSNR {:.2} dB", val.mean_psnr())
+        }
+        _ => eprintln!("no photo was held out to validate on"),
     }
     eprintln!("wrote {out} after {} steps", summary.steps);
     Ok(())
