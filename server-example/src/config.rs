@@ -13,12 +13,47 @@ use partialconv::SelfEnsemble;
     version,
     about = "HTTP inpainting service with a web page: upload, brush, Go.",
     // This type's doc comment is for rustdoc, not for `--help`.
-    long_about = None
+    long_about = None,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Config {
+    /// A maintenance command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to listen on.
     #[arg(long, env = "PARTIALCONV_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
+
+    /// Who may use the server: `none` (no sign-in; a request's `user_id` names its user;
+    /// loopback only unless --insecure-public), `tokens:FILE` (Bearer tokens from FILE, made
+    /// by `server-example token add`), or `header:NAME` (the user in header NAME, set by an
+    /// authenticating proxy at a --trusted-proxy address). docs/security.md.
+    #[arg(long, env = "PARTIALCONV_AUTH", default_value = "none")]
+    pub auth: crate::auth::AuthMode,
+
+    /// Serve with `--auth none` on an address other machines can reach.
+    #[arg(long, env = "PARTIALCONV_INSECURE_PUBLIC")]
+    pub insecure_public: bool,
+
+    /// Address or CIDR of a proxy whose identity and X-Forwarded-* headers are believed;
+    /// repeatable, or comma-separated in the environment variable.
+    #[arg(
+        long = "trusted-proxy",
+        env = "PARTIALCONV_TRUSTED_PROXY",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub trusted_proxy: Vec<String>,
+
+    /// Requests per minute one identity may make (a signed-in user; without sign-in, an
+    /// address), in bursts of as many; beyond it 429 with Retry-After. 0: no limit.
+    #[arg(long, env = "PARTIALCONV_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+
+    /// Serve /metrics without authentication (for a scraper that cannot send a token).
+    #[arg(long, env = "PARTIALCONV_PUBLIC_METRICS")]
+    pub public_metrics: bool,
 
     /// Model file (.safetensors); default: $PARTIALCONV_MODEL, else the bundled model.
     #[arg(long)]
@@ -170,6 +205,49 @@ pub struct Config {
     /// without it jobs train with L1 + TV only.
     #[arg(long, env = "PARTIALCONV_FINETUNE_VGG")]
     pub finetune_vgg: Option<PathBuf>,
+}
+
+/// What `server-example` can do besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Manage the API tokens of `--auth tokens:FILE`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `server-example token …`: the file keeps only the tokens' SHA-256, so a token is shown
+/// once, when it is made. A running server picks changes up at its next request.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Make a token for USER; the token alone is the last line of standard output.
+    Add {
+        /// The user id the token signs in as.
+        user: String,
+        /// The tokens file (created when missing, mode 0600).
+        #[arg(long)]
+        file: PathBuf,
+        /// Refuse the token after this many days.
+        #[arg(long, value_name = "DAYS")]
+        expires: Option<u32>,
+        /// A web tier's token (`--remote-model-token`): it may act for the user it names in
+        /// the `x-partialconv-user` header.
+        #[arg(long)]
+        service: bool,
+    },
+    /// Remove every token of USER.
+    Revoke {
+        /// The user whose tokens go.
+        user: String,
+        /// The tokens file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Users and when their tokens were made and expire; never the tokens.
+    List {
+        /// The tokens file.
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 impl Config {

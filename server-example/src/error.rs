@@ -116,6 +116,21 @@ pub enum AppError {
         message: String,
     },
 
+    /// No credentials, or ones that sign no one in (unknown, revoked or expired).
+    #[error("{0}")]
+    Unauthorized(String),
+
+    /// Signed in, but the request names another user.
+    #[error("{0}")]
+    Forbidden(String),
+
+    /// The caller's `--rate-limit` bucket is empty.
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// When the bucket has a token again, rounded up.
+        retry_after_secs: u64,
+    },
+
     /// Our fault. The message is logged; the client sees a generic one.
     #[error("{0}")]
     Internal(String),
@@ -161,6 +176,9 @@ impl AppError {
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::HistoryUnavailable => StatusCode::NOT_IMPLEMENTED,
             Self::Remote { status, .. } => *status,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -189,6 +207,9 @@ impl AppError {
             Self::NotReady(_) => "not_ready",
             Self::HistoryUnavailable => "history_unavailable",
             Self::Remote { code, .. } => code.as_str(),
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal",
         }
     }
@@ -240,10 +261,18 @@ impl IntoResponse for AppError {
         };
         let body = Json(serde_json::json!({ "error": message, "code": self.code() }));
         let mut response = (status, body).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        let headers = response.headers_mut();
+        match &self {
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            Self::RateLimited { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         // The real error rides along for `log_app_errors`, which logs it once.
         response.extensions_mut().insert(Arc::new(self));

@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod backend;
 pub mod codec;
 pub mod config;
@@ -26,6 +27,7 @@ use axum::http::{header, HeaderName, HeaderValue, Method};
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 pub use config::Config;
@@ -44,6 +46,12 @@ const EXPOSED: &[&str] = &[
     "x-result-url",
 ];
 
+/// The page's scripts and styles are files of this origin, never inline; images and results
+/// are this origin's or the page's own `blob:` URLs; no one may frame it (clickjacking).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' blob: data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
+
 /// Every route, in one place.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.max_upload_bytes;
@@ -60,7 +68,8 @@ pub fn app(state: AppState) -> Router {
             post(routes::finetune_submit).get(routes::finetune_list),
         )
         .layer(DefaultBodyLimit::max(state.limits.finetune_max_bytes));
-    let router = Router::new()
+    // Everything but the page, health and the API description needs a caller (`auth`).
+    let protected = Router::new()
         .merge(inference)
         .merge(finetune)
         .route(
@@ -72,18 +81,42 @@ pub fn app(state: AppState) -> Router {
             get(routes::finetune_events),
         )
         .route("/api/v1/models", get(routes::models))
+        .route("/images/{key}", get(routes::image))
+        .route("/api/v1/history", get(routes::history))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    let metrics = Router::new()
+        .route("/metrics", get(routes::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::metrics_gate,
+        ));
+    let router = Router::new()
+        .merge(protected)
+        .merge(metrics)
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
         .route("/app.css", get(web::style))
-        .route("/images/{key}", get(routes::image))
-        .route("/api/v1/history", get(routes::history))
         .route("/api/v1/openapi.json", get(routes::openapi))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), routes::track))
         .layer(TraceLayer::new_for_http());
     let router = match cors {
@@ -110,7 +143,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::DELETE])
-            .allow_headers([header::CONTENT_TYPE])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
             .expose_headers(
                 EXPOSED
                     .iter()

@@ -1,7 +1,9 @@
 use clap::Parser;
 use std::time::Duration;
 
+use server_example::auth::{check_exposure, tokens};
 use server_example::backend::Backend;
+use server_example::config::{Command, TokenCommand};
 use server_example::{app, AppState, Config};
 use tracing_subscriber::EnvFilter;
 
@@ -16,7 +18,11 @@ async fn main() -> std::process::ExitCode {
         )
         .init();
     let cfg = Config::parse();
-    match run(cfg).await {
+    let done = match &cfg.command {
+        Some(Command::Token(cmd)) => token(cmd),
+        None => run(cfg).await,
+    };
+    match done {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("server-example: {e}");
@@ -25,13 +31,55 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// `server-example token add|revoke|list`.
+fn token(cmd: &TokenCommand) -> Result<(), Box<dyn std::error::Error>> {
+    match cmd {
+        TokenCommand::Add {
+            user,
+            file,
+            expires,
+            service,
+        } => {
+            let user = server_example::identity::check_user_id(Some(user.clone()))?
+                .ok_or("the user id is empty")?;
+            let token = tokens::add(file, &user, *expires, *service)?;
+            eprintln!(
+                "token for `{user}` (shown once; {} keeps its hash):",
+                file.display()
+            );
+            println!("{token}");
+        }
+        TokenCommand::Revoke { user, file } => {
+            let n = tokens::revoke(file, user)?;
+            if n == 0 {
+                return Err(format!("`{user}` has no token in {}", file.display()).into());
+            }
+            println!("revoked {n} token(s) of `{user}`");
+        }
+        TokenCommand::List { file } => {
+            for e in tokens::read(file)? {
+                let expires = e.expires.map_or("never".to_owned(), |t| t.to_rfc3339());
+                let kind = if e.service { " (service)" } else { "" };
+                println!(
+                    "{}{kind}\tcreated {}\texpires {expires}",
+                    e.user,
+                    e.created.to_rfc3339()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let state = AppState::from_config(&cfg).await?;
-    let history = state.history.clone();
     let listener = tokio::net::TcpListener::bind(&cfg.bind)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
     let addr = listener.local_addr()?;
+    // Before anything is opened: a refused start leaves nothing behind.
+    check_exposure(&cfg.auth, addr, cfg.insecure_public)?;
+    let state = AppState::from_config(&cfg).await?;
+    let history = state.history.clone();
     // Serve /healthz while the model loads, but exit rather than linger never ready.
     if let Backend::Local(_) = &*state.backend {
         let backend = state.backend.clone();
@@ -53,7 +101,9 @@ async fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Printed on stdout, so scripts (and `make run`) can pick the URL up.
     println!("server-example listening on http://{addr}/");
     let finetune = state.finetune.clone();
-    axum::serve(listener, app(state))
+    // The peer address, for --trusted-proxy and the rate limit of callers without sign-in.
+    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             // Before the connections drain: this ends the job event streams, and a running

@@ -19,10 +19,10 @@ use history_sink::{HistoryError, HistoryQuery};
 use partialconv::Strategy;
 use serde::Deserialize;
 
+use crate::auth::Caller;
 use crate::codec::OutputFormat;
 use crate::error::{with_limit, AppError};
 use crate::finetune::{JobStatus, Upload};
-use crate::identity::check_user_id;
 use crate::models::DEFAULT_MODEL;
 use crate::service::{self, image_url, InpaintRequest};
 use crate::state::AppState;
@@ -52,6 +52,7 @@ fn text(bytes: Bytes, field: &str) -> Result<String, AppError> {
 /// `POST /api/v1/inpaint`: multipart `image`, `mask` and options; answers the image.
 pub async fn inpaint(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, AppError> {
@@ -84,7 +85,8 @@ pub async fn inpaint(
         InpaintRequest {
             image: image.ok_or_else(|| AppError::missing("image"))?,
             mask: mask.ok_or_else(|| AppError::missing("mask"))?,
-            user_id,
+            user_id: caller.user(user_id)?,
+            scope: caller.scope().map(str::to_owned),
             strategy: parse_strategy(strategy.as_deref())?,
             format: parse_format(format.as_deref())?,
             model,
@@ -157,6 +159,7 @@ fn decode_data_url(url: &str, field: &str) -> Result<Bytes, AppError> {
 /// event id and result key, the aspect ratio is kept, and the result is composited.
 pub async fn reconstruct(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<ReconstructRequest>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let Json(req) = body.map_err(|e| with_limit(e.into(), state.limits.max_upload_mb))?;
@@ -168,7 +171,8 @@ pub async fn reconstruct(
         InpaintRequest {
             image: decode_data_url(&original, "original")?,
             mask: decode_data_url(&mask, "mask")?,
-            user_id: req.user_id,
+            user_id: caller.user(req.user_id)?,
+            scope: caller.scope().map(str::to_owned),
             strategy: parse_strategy(req.strategy.as_deref())?,
             format,
             model: req.model,
@@ -196,21 +200,24 @@ pub async fn reconstruct(
     })))
 }
 
-/// `GET /images/{key}`: a kept image, cacheable forever.
+/// `GET /images/{key}`: a kept image, cacheable forever (by the browser alone when users
+/// sign in).
 pub async fn image(
     State(state): State<AppState>,
+    caller: Caller,
     Path(key): Path<String>,
 ) -> Result<Response, AppError> {
+    let cache = match caller {
+        Caller::Open => "public, max-age=31536000, immutable",
+        Caller::User(_) => "private, max-age=31536000, immutable",
+    };
     let store = state.images.as_ref().ok_or(AppError::NotFound)?;
     match store.get(&key).await {
         Ok(Some((bytes, content_type))) => Ok((
             [
                 (header::CONTENT_TYPE, content_type),
                 // Content-addressed: a key's bytes never change.
-                (
-                    header::CACHE_CONTROL,
-                    "public, max-age=31536000, immutable".to_owned(),
-                ),
+                (header::CACHE_CONTROL, cache.to_owned()),
             ],
             bytes,
         )
@@ -235,6 +242,7 @@ pub struct HistoryParams {
 /// `GET /api/v1/history`: a user's events, newest first, paged with `before`.
 pub async fn history(
     State(state): State<AppState>,
+    caller: Caller,
     params: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let Query(p) = params?;
@@ -243,7 +251,9 @@ pub async fn history(
         .as_ref()
         .filter(|s| s.can_query())
         .ok_or(AppError::HistoryUnavailable)?;
-    let user_id = check_user_id(p.user_id)?.ok_or_else(|| AppError::missing("user_id"))?;
+    let user_id = caller
+        .user(p.user_id)?
+        .ok_or_else(|| AppError::missing("user_id"))?;
     let before = p
         .before
         .filter(|b| !b.is_empty())
@@ -296,6 +306,7 @@ pub async fn history(
 /// `name`, `steps`. Limits and decoding are checked before the job is queued.
 pub async fn finetune_submit(
     State(state): State<AppState>,
+    caller: Caller,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
     let jobs = state.finetune()?;
@@ -335,6 +346,7 @@ pub async fn finetune_submit(
             _ => {}
         }
     }
+    upload.user_id = caller.user(upload.user_id.take())?;
     let prepared = jobs.prepare(upload).await?;
     let status = jobs.submit(prepared).await?;
     let id = status.job_id;
@@ -358,10 +370,11 @@ pub struct JobsParams {
 /// `GET /api/v1/finetune`: every job, or one user's.
 pub async fn finetune_list(
     State(state): State<AppState>,
+    caller: Caller,
     params: Result<Query<JobsParams>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, AppError> {
     let Query(p) = params?;
-    let user = check_user_id(p.user_id)?;
+    let user = caller.user(p.user_id)?;
     let jobs = state.finetune()?.list(user.as_deref());
     Ok(Json(serde_json::json!({ "jobs": jobs })))
 }
@@ -369,9 +382,10 @@ pub async fn finetune_list(
 /// `GET /api/v1/finetune/{job_id}`: a job's status.
 pub async fn finetune_status(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, AppError> {
-    Ok(Json(state.finetune()?.status(&id)?))
+    Ok(Json(state.finetune()?.status(&id, caller.scope())?))
 }
 
 /// How long `DELETE` waits for a running job to save its checkpoint and stop.
@@ -380,9 +394,13 @@ const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// `DELETE /api/v1/finetune/{job_id}`: cancels a job; 200 once over, 202 while it stops.
 pub async fn finetune_cancel(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<JobStatus>), AppError> {
-    let status = state.finetune()?.cancel(&id, CANCEL_WAIT).await?;
+    let status = state
+        .finetune()?
+        .cancel(&id, caller.scope(), CANCEL_WAIT)
+        .await?;
     // 202 while a long step is still finishing; the status or the events say when it has.
     let code = if status.state.is_over() {
         StatusCode::OK
@@ -395,9 +413,10 @@ pub async fn finetune_cancel(
 /// `status` events with the job's JSON status, at every change, ending with the final one.
 pub async fn finetune_events(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
-    let (rx, closing) = state.finetune()?.subscribe(&id)?;
+    let (rx, closing) = state.finetune()?.subscribe(&id, caller.scope())?;
     let stream = futures_util::stream::unfold(
         (rx, closing, true, false),
         |(mut rx, mut closing, first, over)| async move {
@@ -422,8 +441,12 @@ pub async fn finetune_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// The server's model and every finished job's.
-pub async fn models(State(state): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+/// The server's model and every finished job's that the caller may use (its own, when
+/// signed in).
+pub async fn models(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, AppError> {
     let jobs = state.finetune()?;
     let mut list = Vec::new();
     let info = state.backend.model_info().await;
@@ -439,7 +462,11 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<serde_json::Va
         "loaded": info.is_some(),
     }));
     let loaded = state.models.loaded();
-    for job in jobs.finished() {
+    for job in jobs
+        .finished()
+        .into_iter()
+        .filter(|j| caller.may_see(&j.user_id))
+    {
         list.push(serde_json::json!({
             "id": job.job_id,
             "kind": "finetuned",

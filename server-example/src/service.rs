@@ -26,8 +26,10 @@ pub struct InpaintRequest {
     pub image: Bytes,
     /// The mask, as uploaded.
     pub mask: Bytes,
-    /// The `user_id` field, unchecked.
+    /// Whose request it is: the signed-in user, or with `--auth none` the `user_id` field.
     pub user_id: Option<String>,
+    /// Whose fine-tuned models the request may use: `None` for anyone's (`--auth none`).
+    pub scope: Option<String>,
     /// How to fill.
     pub strategy: Strategy,
     /// How to encode the result.
@@ -115,7 +117,7 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
         }));
     }
     let user_id = check_user_id(req.user_id)?;
-    let model = resolve_model(state, req.model.as_deref())?;
+    let model = resolve_model(state, req.model.as_deref(), req.scope.as_deref())?;
     let input = JobInput {
         image: req.image.clone(),
         mask: req.mask.clone(),
@@ -190,11 +192,25 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
     })
 }
 
-/// The model a request names. A web tier (`--remote-model`) has no model files: it passes
-/// any well-formed id on, and the model tier answers 404 for unknown ones.
-fn resolve_model(state: &AppState, id: Option<&str>) -> Result<ModelKey, AppError> {
+/// The model a request names; another user's fine-tuned model is as unknown as one that does
+/// not exist. A web tier (`--remote-model`) has no model files: it passes any well-formed id
+/// on, and the model tier answers 404 for unknown ones.
+fn resolve_model(
+    state: &AppState,
+    id: Option<&str>,
+    scope: Option<&str>,
+) -> Result<ModelKey, AppError> {
     match &*state.backend {
-        Backend::Local(_) => state.models.resolve(id),
+        Backend::Local(_) => {
+            let key = state.models.resolve(id)?;
+            if let (ModelKey::Tuned(uuid), Some(me)) = (key, scope) {
+                let owner = state.finetune.as_ref().and_then(|f| f.owner(uuid));
+                if owner.as_deref() != Some(me) {
+                    return Err(AppError::UnknownModel(uuid.to_string()));
+                }
+            }
+            Ok(key)
+        }
         Backend::Remote(_) => match id.map(str::trim).filter(|s| !s.is_empty()) {
             None | Some(crate::models::DEFAULT_MODEL) => Ok(ModelKey::Default),
             Some(s) => s

@@ -9,6 +9,7 @@ use history_sink::{
 };
 use tokio::sync::Semaphore;
 
+use crate::auth::Auth;
 use crate::backend::{Backend, Remote};
 use crate::config::Config;
 use crate::finetune::{FineTunes, FinetuneSettings};
@@ -54,6 +55,8 @@ pub struct AppState {
     pub models: Arc<ModelRegistry>,
     /// `None` with `--remote-model`: jobs train where the model runs.
     pub finetune: Option<Arc<FineTunes>>,
+    /// Who may call what (`--auth`), and the rate limit.
+    pub auth: Arc<Auth>,
 }
 
 /// Why the server could not start.
@@ -99,6 +102,13 @@ impl AppState {
                     .into(),
             ));
         }
+        let auth = Auth::new(
+            cfg.auth.clone(),
+            &cfg.trusted_proxy,
+            cfg.rate_limit,
+            cfg.public_metrics,
+        )
+        .map_err(StartupError::Config)?;
         let metrics = Arc::new(Metrics::default());
         let history = open_history(cfg).await?;
         let images = open_images(cfg)?;
@@ -160,6 +170,7 @@ impl AppState {
             metrics,
             models,
             finetune,
+            auth: Arc::new(auth),
             limits: Arc::new(Limits {
                 max_upload_bytes: cfg.max_upload_bytes(),
                 max_upload_mb: cfg.max_upload_mb,

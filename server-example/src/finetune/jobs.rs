@@ -211,15 +211,20 @@ impl FineTunes {
         Ok(())
     }
 
-    /// A job's status now; 404 `unknown_job` for an id the server does not know.
-    pub fn status(&self, id: &str) -> Result<JobStatus, AppError> {
+    /// A job's status now; 404 `unknown_job` for an id the server does not know, and for
+    /// another user's job when `scope` names the caller (so that ids cannot be probed).
+    pub fn status(&self, id: &str, scope: Option<&str>) -> Result<JobStatus, AppError> {
         let id = parse_job_id(id)?;
         let table = self.inner.table.lock().unwrap();
-        let entry = table
-            .get(&id)
-            .ok_or_else(|| AppError::UnknownJob(id.to_string()))?;
+        let entry = visible(&table, id, scope)?;
         let status = entry.tx.borrow().clone();
         Ok(status)
+    }
+
+    /// Who submitted job `id`, if the server knows it.
+    pub fn owner(&self, id: Uuid) -> Option<String> {
+        let table = self.inner.table.lock().unwrap();
+        table.get(&id).map(|e| e.tx.borrow().user_id.clone())
     }
 
     /// Every job, oldest first; only `user`'s when given.
@@ -236,24 +241,26 @@ impl FineTunes {
     pub fn subscribe(
         &self,
         id: &str,
+        scope: Option<&str>,
     ) -> Result<(watch::Receiver<JobStatus>, watch::Receiver<bool>), AppError> {
         let id = parse_job_id(id)?;
         let table = self.inner.table.lock().unwrap();
-        let entry = table
-            .get(&id)
-            .ok_or_else(|| AppError::UnknownJob(id.to_string()))?;
+        let entry = visible(&table, id, scope)?;
         Ok((entry.tx.subscribe(), self.inner.closing.subscribe()))
     }
 
     /// Cancels a queued job at once, or asks the running one to stop after its current step
     /// (saving a checkpoint) and waits up to `wait` for it.
-    pub async fn cancel(&self, id: &str, wait: Duration) -> Result<JobStatus, AppError> {
+    pub async fn cancel(
+        &self,
+        id: &str,
+        scope: Option<&str>,
+        wait: Duration,
+    ) -> Result<JobStatus, AppError> {
         let id = parse_job_id(id)?;
         let rx = {
             let table = self.inner.table.lock().unwrap();
-            let entry = table
-                .get(&id)
-                .ok_or_else(|| AppError::UnknownJob(id.to_string()))?;
+            let entry = visible(&table, id, scope)?;
             let state = entry.tx.borrow().state;
             match state {
                 s if s.is_over() => {
@@ -311,6 +318,15 @@ impl FineTunes {
             .filter(|s| s.state == JobState::Done)
             .collect()
     }
+}
+
+/// Job `id` if it exists and is `scope`'s (anyone's when `None`); else 404 `unknown_job`,
+/// the same for a job that is someone else's as for one that does not exist.
+fn visible<'a>(table: &'a Table, id: Uuid, scope: Option<&str>) -> Result<&'a Entry, AppError> {
+    table
+        .get(&id)
+        .filter(|e| scope.is_none_or(|me| e.tx.borrow().user_id == me))
+        .ok_or_else(|| AppError::UnknownJob(id.to_string()))
 }
 
 impl Inner {

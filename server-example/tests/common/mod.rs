@@ -88,7 +88,9 @@ pub async fn start_in(
     edit(&mut state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = app(state.clone());
+    // As `main` serves it: with the peer's address, which --trusted-proxy and the rate
+    // limit read.
+    let router = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         axum::serve(listener, router)
