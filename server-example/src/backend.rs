@@ -70,6 +70,9 @@ impl Backend {
 pub struct Remote {
     client: reqwest::Client,
     base: String,
+    /// `--remote-model-token`: a service token of the model tier, which then acts for the
+    /// user each request names.
+    token: Option<String>,
     permits: Semaphore,
     concurrency: usize,
     queue: usize,
@@ -93,7 +96,13 @@ fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 impl Remote {
     /// A client of the model tier at `base`, with `concurrency` requests in flight and `queue`
     /// waiting at most, each given up after `timeout`.
-    pub fn new(base: &str, concurrency: usize, queue: usize, timeout: Duration) -> Self {
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        concurrency: usize,
+        queue: usize,
+        timeout: Duration,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -101,6 +110,7 @@ impl Remote {
         Self {
             client,
             base: base.trim_end_matches('/').to_owned(),
+            token,
             permits: Semaphore::new(concurrency.max(1)),
             concurrency: concurrency.max(1),
             queue,
@@ -124,16 +134,33 @@ impl Remote {
             .text("format", input.format.as_str())
             .text("model", input.model.to_string());
         let url = format!("{}/api/v1/inpaint", self.base);
-        let response = self
+        let mut request = self
             .client
             .post(&url)
             // The model tier keeps no history: the web tier records the event.
-            .header("X-Partialconv-No-History", "1")
+            .header("X-Partialconv-No-History", "1");
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+            if let Some(user) = &input.user {
+                request = request.header(crate::auth::ACT_FOR_HEADER, user);
+            }
+        }
+        let response = request
             .multipart(form)
             .send()
             .await
             .map_err(|e| self.unreachable(&url, e))?;
         let status = response.status();
+        // The model tier refusing this server is the operator's to fix, not the client's:
+        // a 401 passed on would tell the client its own credentials are wrong.
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(AppError::Remote {
+                status: StatusCode::BAD_GATEWAY,
+                code: "remote_unauthorized".to_owned(),
+                message: "the model tier refused this server's credentials (--remote-model-token)"
+                    .to_owned(),
+            });
+        }
         if !status.is_success() {
             let body: serde_json::Value = response.json_or_default().await;
             let field = |k: &str| body.get(k).and_then(|v| v.as_str()).map(str::to_owned);

@@ -55,6 +55,12 @@ pub struct Config {
     #[arg(long, env = "PARTIALCONV_PUBLIC_METRICS")]
     pub public_metrics: bool,
 
+    /// Key that signs the page's session cookies (`--auth tokens`); made in the data folder
+    /// when missing. Give replicas the same file, and they accept each other's sessions.
+    /// Default: DATA_DIR/session.key.
+    #[arg(long, env = "PARTIALCONV_SESSION_KEY_FILE", value_name = "FILE")]
+    pub session_key_file: Option<PathBuf>,
+
     /// Model file (.safetensors); default: $PARTIALCONV_MODEL, else the bundled model.
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -134,6 +140,11 @@ pub struct Config {
     /// Send inference to another server-example at this base URL instead of loading a model.
     #[arg(long, env = "PARTIALCONV_REMOTE_MODEL", value_name = "URL")]
     pub remote_model: Option<String>,
+
+    /// Service token (`token add --service` on the model tier) the web tier sends to the
+    /// --remote-model tier, naming the user each request is for.
+    #[arg(long, env = "PARTIALCONV_REMOTE_MODEL_TOKEN", value_name = "TOKEN")]
+    pub remote_model_token: Option<String>,
 
     /// Fine-tuned models kept loaded at once (least recently used first out). The server's
     /// own model is always loaded and does not count.

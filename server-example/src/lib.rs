@@ -15,6 +15,7 @@ pub mod history;
 pub mod identity;
 pub mod metrics;
 pub mod models;
+pub mod owners;
 pub mod pool;
 pub mod routes;
 pub mod service;
@@ -49,7 +50,7 @@ const EXPOSED: &[&str] = &[
 /// The page's scripts and styles are files of this origin, never inline; images and results
 /// are this origin's or the page's own `blob:` URLs; no one may frame it (clickjacking).
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-     img-src 'self' blob: data:; connect-src 'self'; object-src 'none'; base-uri 'none'; \
+     img-src 'self' blob: data:; connect-src 'self' blob:; object-src 'none'; base-uri 'none'; \
      form-action 'self'; frame-ancestors 'none'";
 
 /// Every route, in one place.
@@ -85,13 +86,13 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/history", get(routes::history))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::authenticate,
+            routes::authenticate,
         ));
     let metrics = Router::new()
         .route("/metrics", get(routes::metrics))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::metrics_gate,
+            routes::metrics_gate,
         ));
     let router = Router::new()
         .merge(protected)
@@ -100,6 +101,12 @@ pub fn app(state: AppState) -> Router {
         .route("/app.js", get(web::script))
         .route("/app.css", get(web::style))
         .route("/api/v1/openapi.json", get(routes::openapi))
+        .route(
+            "/api/v1/session",
+            get(routes::session_status)
+                .post(routes::sign_in)
+                .delete(routes::sign_out),
+        )
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .fallback(routes::not_found)
@@ -143,6 +150,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            // Session cookies never go cross-origin: CORS callers send tokens.
             .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
             .expose_headers(
                 EXPOSED

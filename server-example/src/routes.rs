@@ -19,7 +19,7 @@ use history_sink::{HistoryError, HistoryQuery};
 use partialconv::Strategy;
 use serde::Deserialize;
 
-use crate::auth::Caller;
+use crate::auth::{self, session, Caller, Peer};
 use crate::codec::OutputFormat;
 use crate::error::{with_limit, AppError};
 use crate::finetune::{JobStatus, Upload};
@@ -207,11 +207,18 @@ pub async fn image(
     caller: Caller,
     Path(key): Path<String>,
 ) -> Result<Response, AppError> {
-    let cache = match caller {
-        Caller::Open => "public, max-age=31536000, immutable",
-        Caller::User(_) => "private, max-age=31536000, immutable",
-    };
     let store = state.images.as_ref().ok_or(AppError::NotFound)?;
+    let cache = match &caller {
+        Caller::Open => "public, max-age=31536000, immutable",
+        Caller::User(me) => {
+            // Someone else's image is as absent as one that does not exist.
+            let owners = state.owners.as_ref().ok_or(AppError::NotFound)?;
+            if !owners.owns(me, &key).await.map_err(AppError::internal)? {
+                return Err(AppError::NotFound);
+            }
+            "private, max-age=31536000, immutable"
+        }
+    };
     match store.get(&key).await {
         Ok(Some((bytes, content_type))) => Ok((
             [
@@ -483,6 +490,83 @@ pub async fn models(
     Ok(Json(serde_json::json!({ "models": list })))
 }
 
+/// `GET /api/v1/session`: how this server signs people in, and who the request is from
+/// (`null` when no one). Public, so that the page knows whether to ask for a token.
+pub async fn session_status(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+) -> Json<serde_json::Value> {
+    let user = match state
+        .auth
+        .identify(&axum::http::Method::GET, &headers, peer)
+    {
+        Ok(Caller::User(u)) => Some(u),
+        _ => None,
+    };
+    Json(serde_json::json!({ "auth": state.auth.mode_name(), "user": user }))
+}
+
+/// The body of `POST /api/v1/session`.
+#[derive(Debug, Deserialize)]
+pub struct SignIn {
+    token: String,
+}
+
+/// `POST /api/v1/session`: exchanges an API token for a session cookie (`--auth tokens`).
+pub async fn sign_in(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    body: Result<Json<SignIn>, JsonRejection>,
+) -> Result<Response, AppError> {
+    if state.auth.mode_name() != "tokens" {
+        return Err(AppError::bad_request(
+            "no_sign_in",
+            format!(
+                "this server signs no one in here (--auth {})",
+                state.auth.mode_name()
+            ),
+        ));
+    }
+    // Login CSRF: another site must not sign the browser in as someone else.
+    if headers.contains_key(header::ORIGIN) && !auth::same_origin(&headers) {
+        return Err(AppError::Forbidden(
+            "a cross-site sign-in is refused".into(),
+        ));
+    }
+    let Json(SignIn { token }) = body?;
+    let (signed_in, value) = state
+        .auth
+        .sign_in(token.trim())
+        .ok_or_else(|| AppError::Unauthorized("the token is unknown, revoked or expired".into()))?;
+    let secure = state.auth.is_https(&headers, peer) || !auth::is_loopback_host(&headers);
+    let cookie = format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        session::COOKIE,
+        session::LIFETIME.as_secs(),
+        if secure { "; Secure" } else { "" }
+    );
+    let body = Json(serde_json::json!({
+        "user": signed_in.user,
+        "expires": signed_in.expires.to_rfc3339(),
+    }));
+    Ok(([(header::SET_COOKIE, cookie)], body).into_response())
+}
+
+/// `DELETE /api/v1/session`: signs the browser out (the cookie is cleared).
+pub async fn sign_out() -> Response {
+    let cookie = format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        session::COOKIE
+    );
+    (
+        [(header::SET_COOKIE, cookie)],
+        Json(serde_json::json!({ "signed_out": true })),
+    )
+        .into_response()
+}
+
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
@@ -577,4 +661,29 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// Middleware of every route that is not public: finds the [`Caller`] (401 without one),
+/// applies the rate limit (429), and hands the caller to the handler.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer = auth::peer(&req);
+    let auth = &state.auth;
+    let caller = match auth.identify(req.method(), req.headers(), peer) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = auth.admit(&caller, auth.client_ip(req.headers(), peer)) {
+        return e.into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// Middleware of `/metrics`: public with `--public-metrics` (or `--auth none`), else signed
+/// in like the rest of the API.
+pub async fn metrics_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.auth.public_metrics {
+        return next.run(req).await;
+    }
+    authenticate(State(state), req, next).await
 }

@@ -125,6 +125,7 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
         format: req.format,
         dimensions,
         model,
+        user: user_id.clone(),
     };
     let timeout = state.limits.timeout;
     let output = tokio::time::timeout(timeout, state.backend.infer(input))
@@ -161,6 +162,16 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
         }
         None => None,
     };
+    if let (Some(owners), Some(user), Some((o, m, r))) = (&state.owners, &user_id, &stored) {
+        let keys: Vec<&str> = [o, m, r]
+            .into_iter()
+            .flatten()
+            .map(|s| s.key.as_str())
+            .collect();
+        if let Err(e) = owners.add(user, &keys).await {
+            tracing::error!("recording who owns the images failed: {e}");
+        }
+    }
     let uri = |s: &Option<StoredImage>| s.as_ref().map(|s| s.uri.clone());
     let result_key = stored
         .as_ref()

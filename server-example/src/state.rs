@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::finetune::{FineTunes, FinetuneSettings};
 use crate::metrics::Metrics;
 use crate::models::ModelRegistry;
+use crate::owners::ImageOwners;
 use crate::pool::{Pool, PoolSettings};
 use crate::threads;
 
@@ -57,6 +58,8 @@ pub struct AppState {
     pub finetune: Option<Arc<FineTunes>>,
     /// Who may call what (`--auth`), and the rate limit.
     pub auth: Arc<Auth>,
+    /// Who owns each kept image; `None` with `--images none`.
+    pub owners: Option<Arc<ImageOwners>>,
 }
 
 /// Why the server could not start.
@@ -107,11 +110,24 @@ impl AppState {
             &cfg.trusted_proxy,
             cfg.rate_limit,
             cfg.public_metrics,
+            &cfg.session_key_file
+                .clone()
+                .unwrap_or_else(|| cfg.data_dir.join("session.key")),
         )
         .map_err(StartupError::Config)?;
         let metrics = Arc::new(Metrics::default());
         let history = open_history(cfg).await?;
         let images = open_images(cfg)?;
+        let owners = match &images {
+            Some(_) => {
+                let path = cfg.data_dir.join("image-owners.db");
+                let owners = ImageOwners::open(&path)
+                    .await
+                    .map_err(|e| StartupError::Config(format!("{}: {e}", path.display())))?;
+                Some(Arc::new(owners))
+            }
+            None => None,
+        };
         let device = match &cfg.remote_model {
             Some(_) => tch::Device::Cpu,
             None => partialconv::inpainter::parse_device(&cfg.device)?,
@@ -128,6 +144,7 @@ impl AppState {
             Some(url) => (
                 Backend::Remote(Box::new(Remote::new(
                     url,
+                    cfg.remote_model_token.clone(),
                     cfg.workers,
                     cfg.queue,
                     cfg.timeout(),
@@ -171,6 +188,7 @@ impl AppState {
             models,
             finetune,
             auth: Arc::new(auth),
+            owners,
             limits: Arc::new(Limits {
                 max_upload_bytes: cfg.max_upload_bytes(),
                 max_upload_mb: cfg.max_upload_mb,

@@ -23,7 +23,9 @@
     busy: false,
   };
 
-  const userId = (() => {
+  // Without sign-in (`--auth none`) the page names its own user; signed in, the server knows
+  // who we are and a `user_id` would only be checked against it, so none is sent.
+  let userId = (() => {
     const key = 'partialconv-user-id';
     let id = localStorage.getItem(key);
     if (!id) {
@@ -34,6 +36,8 @@
     }
     return id;
   })();
+
+  const userQuery = () => (userId ? `user_id=${encodeURIComponent(userId)}&` : '');
 
   function setStatus(text, kind) {
     $('status').textContent = text || '';
@@ -362,7 +366,7 @@
     const form = new FormData();
     form.append('image', state.file, state.file.name || 'image');
     form.append('mask', await maskBlob(), 'mask.png');
-    form.append('user_id', userId);
+    if (userId) form.append('user_id', userId);
     if ($('model').value !== 'default') form.append('model', $('model').value);
     const xhr = new XMLHttpRequest();
     xhr.open('POST', '/api/v1/inpaint');
@@ -425,7 +429,7 @@
     const note = $('history-note');
     let r;
     try {
-      r = await fetch(`/api/v1/history?user_id=${encodeURIComponent(userId)}&limit=20`);
+      r = await fetch(`/api/v1/history?${userQuery()}limit=20`);
     } catch (_) {
       note.textContent = 'History is unavailable.';
       return;
@@ -569,7 +573,7 @@
   $('train-go').addEventListener('click', async () => {
     const form = new FormData();
     for (const f of training.files) form.append('images', f, f.name);
-    form.append('user_id', userId);
+    if (userId) form.append('user_id', userId);
     if ($('train-name').value.trim()) form.append('name', $('train-name').value.trim());
     if ($('train-steps').value) form.append('steps', $('train-steps').value);
     trainState('queued', 'Uploading…');
@@ -601,7 +605,7 @@
   async function resumeTraining() {
     let r;
     try {
-      r = await fetch(`/api/v1/finetune?user_id=${encodeURIComponent(userId)}`);
+      r = await fetch(`/api/v1/finetune?${userQuery()}`);
     } catch (_) {
       return;
     }
@@ -611,8 +615,62 @@
     if (live) follow(live.job_id);
   }
 
+  // ---- sign-in (`--auth tokens`): a token is exchanged once for a session cookie ----
+
+  async function session() {
+    try {
+      const r = await fetch('/api/v1/session');
+      return r.ok ? await r.json() : { auth: 'none', user: null };
+    } catch (_) {
+      return { auth: 'none', user: null };
+    }
+  }
+
+  $('sign-in').addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const status = $('sign-in-status');
+    status.textContent = 'Signing in…';
+    let r;
+    try {
+      r = await fetch('/api/v1/session', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ token: $('sign-in-token').value.trim() }),
+      });
+    } catch (_) {
+      status.textContent = 'Network error: the server could not be reached.';
+      return;
+    }
+    if (!r.ok) {
+      status.textContent = await errorText(await r.blob(), r.status);
+      return;
+    }
+    $('sign-in-token').value = '';
+    status.textContent = '';
+    start();
+  });
+
+  $('sign-out').addEventListener('click', async () => {
+    await fetch('/api/v1/session', { method: 'DELETE' }).catch(() => {});
+    window.location.reload();
+  });
+
+  async function start() {
+    const { auth, user } = await session();
+    const signedOut = auth !== 'none' && !user;
+    document.body.classList.toggle('signed-out', signedOut);
+    $('sign-in').hidden = !signedOut;
+    $('who').hidden = !user;
+    if (signedOut) return;
+    if (user) {
+      userId = null;
+      $('who-name').textContent = user;
+    }
+    loadHistory();
+    loadModels().then(resumeTraining);
+  }
+
   setSize(state.size);
   updateButtons();
-  loadHistory();
-  loadModels().then(resumeTraining);
+  start();
 })();

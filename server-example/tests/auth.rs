@@ -171,6 +171,16 @@ async fn with_tokens_nothing_of_one_user_reaches_another() {
         .to_str()
         .unwrap()
         .starts_with("private"));
+    for k in ["result_url", "original_url", "mask_url"] {
+        let url = mine["events"][0][k].as_str().unwrap();
+        let r = s.get_as(url, Some(&t.bob)).await;
+        assert_eq!(
+            error_code(r).await,
+            (404, "not_found".into()),
+            "bob gets alice's {k}"
+        );
+        assert_eq!(s.get_as(url, Some(&t.alice)).await.status(), 200, "{k}");
+    }
     let bobs = s.json_as("/api/v1/history", &t.bob).await;
     assert!(bobs["events"].as_array().unwrap().is_empty(), "{bobs}");
 
@@ -400,4 +410,134 @@ fn the_binary_refuses_auth_none_on_a_public_address_and_manages_tokens() {
         .unwrap();
     assert!(revoke.status.success());
     assert!(tokens::read(&file).unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_signs_in_with_a_cookie_and_cross_site_writes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, t) = tokens_file(dir.path());
+    let auth = format!("tokens:{}", file.display());
+    let s = start(&["--auth", &auth]).await;
+    let origin = s.url.clone();
+    let status = |v: Value| (v["auth"].clone(), v["user"].clone());
+
+    let anonymous: Value = s.get("/api/v1/session").await.json().await.unwrap();
+    assert_eq!(status(anonymous), ("tokens".into(), Value::Null));
+    let sign_in = |token: &str, origin: &str| {
+        s.client
+            .post(format!("{}/api/v1/session", s.url))
+            .header("origin", origin.to_owned())
+            .json(&serde_json::json!({ "token": token }))
+            .send()
+    };
+    let r = sign_in("pct_wrong", &origin).await.unwrap();
+    assert_eq!(error_code(r).await, (401, "unauthorized".into()));
+    let r = sign_in(&t.alice, "http://evil.example").await.unwrap();
+    assert_eq!(error_code(r).await, (403, "forbidden".into()), "login CSRF");
+
+    let r = sign_in(&t.alice, &origin).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=604800"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert!(!set.contains("Secure"), "plain HTTP on loopback: {set}");
+    let cookie = set.split(';').next().unwrap().to_owned();
+    assert!(
+        !cookie.contains(&t.alice),
+        "the cookie does not carry the token"
+    );
+    let with_cookie = |method: reqwest::Method, path: &str| {
+        s.client
+            .request(method, format!("{}{path}", s.url))
+            .header("cookie", cookie.clone())
+    };
+
+    let me: Value = with_cookie(reqwest::Method::GET, "/api/v1/session")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status(me), ("tokens".into(), "alice".into()));
+    let r = with_cookie(reqwest::Method::GET, "/api/v1/history")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A write with the cookie needs this server's Origin.
+    let (img, mask) = small_pair();
+    for bad in [Some("http://evil.example"), None] {
+        let mut req = with_cookie(reqwest::Method::POST, "/api/v1/inpaint")
+            .multipart(form(img.clone(), mask.clone()));
+        if let Some(o) = bad {
+            req = req.header("origin", o);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(
+            error_code(r).await,
+            (403, "forbidden".into()),
+            "origin {bad:?}"
+        );
+    }
+    let r = with_cookie(reqwest::Method::POST, "/api/v1/inpaint")
+        .header("origin", origin.clone())
+        .multipart(form(img.clone(), mask.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = with_cookie(reqwest::Method::GET, "/api/v1/history")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["events"][0]["user_id"], "alice");
+
+    // An altered cookie signs no one in; neither does one whose token was revoked.
+    let altered = format!("{}x", cookie);
+    let r = s
+        .client
+        .get(format!("{}/api/v1/history", s.url))
+        .header("cookie", altered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (401, "unauthorized".into()));
+    tokens::revoke(&file, "alice").unwrap();
+    let r = with_cookie(reqwest::Method::GET, "/api/v1/history")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (401, "unauthorized".into()));
+
+    // Outside loopback the cookie is Secure; sign-out clears it.
+    let r = s
+        .client
+        .post(format!("{}/api/v1/session", s.url))
+        .header("host", "photos.example.com")
+        .header("origin", "https://photos.example.com")
+        .json(&serde_json::json!({ "token": t.bob }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("; Secure"));
+    let r = s
+        .client
+        .delete(format!("{}/api/v1/session", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
 }

@@ -576,3 +576,121 @@ async fn train_on_my_photos_then_inpaint_with_the_new_model() {
     d.screenshot("train.png").await;
     d.call("DELETE", "", Value::Null).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_inpaint_see_my_history_and_sign_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let token = server_example::auth::tokens::add(&tokens, "alice", None, false).unwrap();
+    let auth = format!("tokens:{}", tokens.display());
+    let s = start(&["--auth", &auth]).await;
+    let image_path = dir.path().join("photo.png");
+    picture(400, 300).save(&image_path).unwrap();
+
+    let d = Driver::start(&dir.path().join("profile")).await;
+    d.call("POST", "/url", json!({"url": format!("{}/", s.url)}))
+        .await;
+    let visible = |id: &str| format!("return !document.getElementById('{id}').hidden");
+    d.wait_for(
+        "the sign-in form",
+        &visible("sign-in"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let toolbar = d
+        .js("return getComputedStyle(document.getElementById('toolbar')).display")
+        .await;
+    assert_eq!(toolbar, "none", "signed out, the editor is not shown");
+    d.screenshot("signed-out.png").await;
+
+    let input = d.find("#sign-in-token").await;
+    let input_id = input[ELEMENT].as_str().unwrap().to_owned();
+    d.call(
+        "POST",
+        &format!("/element/{input_id}/value"),
+        json!({ "text": token }),
+    )
+    .await;
+    d.click("#sign-in-go").await;
+    d.wait_for("signing in", &visible("who"), Duration::from_secs(10))
+        .await;
+    let name = d
+        .js("return document.getElementById('who-name').textContent")
+        .await;
+    assert_eq!(name, "alice");
+    let cookie_visible = d.js("return document.cookie").await;
+    assert_eq!(cookie_visible, "", "the session cookie is HttpOnly");
+
+    let file = d.find("#file").await;
+    let file_id = file[ELEMENT].as_str().unwrap().to_owned();
+    d.call(
+        "POST",
+        &format!("/element/{file_id}/value"),
+        json!({"text": image_path.display().to_string()}),
+    )
+    .await;
+    d.wait_for(
+        "the image to load",
+        "return document.body.dataset.state === 'ready'",
+        Duration::from_secs(20),
+    )
+    .await;
+    d.drag("#mask", &[(-40, 0), (0, 0), (40, 0)]).await;
+    d.click("#go").await;
+    d.wait_for(
+        "the result",
+        "return document.body.dataset.state === 'done'",
+        Duration::from_secs(120),
+    )
+    .await;
+    let event_id = d
+        .js("return document.getElementById('result').dataset.eventId")
+        .await;
+    let event_id = event_id.as_str().unwrap().to_owned();
+    d.wait_for(
+        "the history entry",
+        &format!(
+            "return !!document.querySelector('#history-list li[data-event-id=\"{event_id}\"]')"
+        ),
+        Duration::from_secs(10),
+    )
+    .await;
+    d.screenshot("signed-in.png").await;
+    // The event is alice's: the page sent no user_id of its own.
+    let v: Value = s
+        .client
+        .get(format!("{}/api/v1/history", s.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["events"][0]["event_id"], event_id.as_str());
+    assert_eq!(v["events"][0]["user_id"], "alice");
+
+    d.click("#sign-out").await;
+    d.wait_for("signing out", &visible("sign-in"), Duration::from_secs(10))
+        .await;
+    let entries = d
+        .js("return document.querySelectorAll('#history-list li').length")
+        .await;
+    assert_eq!(entries, 0, "signed out, no history is shown");
+    let who = d
+        .js_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/v1/session').then((r) => r.json()).then((v) => done(v.user));",
+        )
+        .await;
+    assert_eq!(who, Value::Null, "the cookie is gone");
+    let history = d
+        .js_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/api/v1/history').then((r) => done(r.status));",
+        )
+        .await;
+    assert_eq!(history, 401);
+    d.screenshot("after-sign-out.png").await;
+    d.call("DELETE", "", Value::Null).await;
+}

@@ -92,3 +92,45 @@ async fn the_web_tier_sends_inference_to_the_model_tier() {
     assert_eq!(web.get("/readyz").await.status(), 503);
     assert_eq!(web.get("/healthz").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_web_tier_signs_in_to_its_model_tier_with_a_service_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let service = server_example::auth::tokens::add(&tokens, "web", None, true).unwrap();
+    let user = server_example::auth::tokens::add(&tokens, "erin", None, false).unwrap();
+    let auth = format!("tokens:{}", tokens.display());
+    let model = start(&["--history", "none", "--images", "none", "--auth", &auth]).await;
+    let (img, mask) = small_pair();
+
+    // Without the token the model tier refuses the web tier: the operator's error, 502.
+    let anonymous = start(&["--remote-model", &model.url]).await;
+    let r = anonymous.inpaint(form(img.clone(), mask.clone())).await;
+    assert_eq!(error_code(r).await, (502, "remote_unauthorized".into()));
+
+    let web = start(&[
+        "--remote-model",
+        &model.url,
+        "--remote-model-token",
+        &service,
+    ])
+    .await;
+    let r = web
+        .inpaint(form(img.clone(), mask.clone()).text("user_id", "erin"))
+        .await;
+    assert_eq!(r.status(), 200);
+
+    // The service token acts for the user it names; a user's own token may not.
+    let act_for = |token: &str| {
+        model
+            .client
+            .post(format!("{}/api/v1/inpaint", model.url))
+            .bearer_auth(token.to_owned())
+            .header("x-partialconv-user", "frank")
+            .multipart(form(img.clone(), mask.clone()))
+            .send()
+    };
+    assert_eq!(act_for(&service).await.unwrap().status(), 200);
+    let r = act_for(&user).await.unwrap();
+    assert_eq!(error_code(r).await, (403, "forbidden".into()));
+}

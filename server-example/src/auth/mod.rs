@@ -9,23 +9,22 @@
 //!   `X-Auth-Request-User`) names the user; believed only from `--trusted-proxy` addresses.
 
 pub mod rate;
+pub mod session;
 pub mod tokens;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderName};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap, HeaderName, Method};
 use ipnet::IpNet;
 
 use crate::error::AppError;
 use crate::identity::check_user_id;
-use crate::state::AppState;
 use rate::RateLimiter;
+use session::{Session, SessionKey};
 use tokens::TokenStore;
 
 /// Header in which a service token's holder (a web tier) names the user it acts for.
@@ -113,6 +112,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 pub struct Auth {
     mode: AuthMode,
     tokens: Option<TokenStore>,
+    sessions: Option<SessionKey>,
     trusted_proxies: Vec<IpNet>,
     rate: Option<RateLimiter>,
     /// `/metrics` without authentication (`--public-metrics`).
@@ -127,12 +127,17 @@ impl Auth {
         trusted_proxies: &[String],
         rate_per_minute: u32,
         public_metrics: bool,
+        session_key_file: &std::path::Path,
     ) -> Result<Self, String> {
-        let tokens = match &mode {
-            AuthMode::Tokens(path) => {
-                Some(TokenStore::open(path.clone()).map_err(|e| e.to_string())?)
-            }
-            _ => None,
+        let (tokens, sessions) = match &mode {
+            AuthMode::Tokens(path) => (
+                Some(TokenStore::open(path.clone()).map_err(|e| e.to_string())?),
+                Some(
+                    SessionKey::load_or_create(session_key_file)
+                        .map_err(|e| format!("session key {}: {e}", session_key_file.display()))?,
+                ),
+            ),
+            _ => (None, None),
         };
         let trusted_proxies = trusted_proxies
             .iter()
@@ -146,6 +151,7 @@ impl Auth {
         Ok(Self {
             mode,
             tokens,
+            sessions,
             trusted_proxies,
             rate: (rate_per_minute > 0).then(|| RateLimiter::per_minute(rate_per_minute)),
             public_metrics,
@@ -157,20 +163,47 @@ impl Auth {
         &self.mode
     }
 
+    /// The mode's name for clients: `none`, `tokens` or `header`.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            AuthMode::None => "none",
+            AuthMode::Tokens(_) => "tokens",
+            AuthMode::Header(_) => "header",
+        }
+    }
+
     /// Whether requests from `peer` may set forwarding and identity headers.
     pub fn is_trusted_proxy(&self, peer: Option<IpAddr>) -> bool {
         peer.is_some_and(|ip| self.trusted_proxies.iter().any(|net| net.contains(&ip)))
     }
 
-    /// Who the request is from, or 401 `unauthorized`.
-    pub fn identify(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<Caller, AppError> {
+    /// Who the request is from, or 401 `unauthorized`. A session cookie counts for a
+    /// request that changes something only with an `Origin` of this server (403 otherwise):
+    /// a browser sends the cookie with cross-site requests too.
+    pub fn identify(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Caller, AppError> {
         match &self.mode {
             AuthMode::None => Ok(Caller::Open),
             AuthMode::Tokens(_) => {
-                let token = bearer(headers).ok_or_else(|| {
-                    AppError::Unauthorized("sign in: send `Authorization: Bearer TOKEN`".into())
-                })?;
                 let store = self.tokens.as_ref().expect("tokens mode has a store");
+                let Some(token) = bearer(headers) else {
+                    let session = self.session(headers).ok_or_else(|| {
+                        AppError::Unauthorized(
+                            "sign in: send `Authorization: Bearer TOKEN`, or sign in on the page"
+                                .into(),
+                        )
+                    })?;
+                    if !is_safe(method) && !same_origin(headers) {
+                        return Err(AppError::Forbidden(
+                            "a cross-site request with the session cookie is refused".into(),
+                        ));
+                    }
+                    return Ok(Caller::User(session.user));
+                };
                 let who = store.lookup(token).ok_or_else(|| {
                     AppError::Unauthorized("the token is unknown, revoked or expired".into())
                 })?;
@@ -199,19 +232,119 @@ impl Auth {
         }
     }
 
+    /// The client's address: the peer's, or behind trusted proxies the nearest address in
+    /// `X-Forwarded-For` that is not one of them (the leftmost entries are the client's
+    /// word, so they are never believed).
+    pub fn client_ip(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+        if !self.is_trusted_proxy(peer) {
+            return peer;
+        }
+        let forwarded: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse().ok())
+            .collect();
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !self.is_trusted_proxy(Some(*ip)))
+            .or(peer)
+    }
+
     /// Takes one request from the caller's bucket, if there is a limit.
-    fn admit(&self, caller: &Caller, peer: Option<IpAddr>) -> Result<(), AppError> {
+    pub fn admit(&self, caller: &Caller, client: Option<IpAddr>) -> Result<(), AppError> {
         let Some(rate) = &self.rate else {
             return Ok(());
         };
         // Without sign-in, `user_id` is the client's word: the address is what is known.
         let key = match caller {
             Caller::User(u) => format!("user:{u}"),
-            Caller::Open => format!("ip:{}", peer.map(|p| p.to_string()).unwrap_or_default()),
+            Caller::Open => format!("ip:{}", client.map(|p| p.to_string()).unwrap_or_default()),
         };
         rate.take(&key)
             .map_err(|retry_after_secs| AppError::RateLimited { retry_after_secs })
     }
+}
+
+impl Auth {
+    /// The session in the request's cookie, while its token is still valid for its user.
+    pub fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        let key = self.sessions.as_ref()?;
+        let session = cookie(headers, session::COOKIE).and_then(|v| key.verify(v))?;
+        let hash = tokens::decode_hash(&session.token_sha256)?;
+        let who = self.tokens.as_ref()?.lookup_hash(&hash)?;
+        (who.user == session.user).then_some(session)
+    }
+
+    /// A session cookie for whoever `token` signs in as; `None` for a token that signs no
+    /// one in, or outside `--auth tokens`.
+    pub fn sign_in(&self, token: &str) -> Option<(Session, String)> {
+        let who = self.tokens.as_ref()?.lookup(token)?;
+        let session = Session {
+            user: who.user,
+            expires: chrono::Utc::now() + session::LIFETIME,
+            token_sha256: hex::encode(tokens::hash(token)),
+        };
+        let value = self.sessions.as_ref()?.sign(&session);
+        Some((session, value))
+    }
+
+    /// Whether the request reached us over HTTPS: through a trusted proxy that says so (we
+    /// never terminate TLS ourselves).
+    pub fn is_https(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> bool {
+        self.is_trusted_proxy(peer)
+            && headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|p| p.eq_ignore_ascii_case("https"))
+    }
+}
+
+/// GET, HEAD and OPTIONS change nothing.
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Whether `Origin` names the host the request was sent to (browsers send it with every
+/// request that is not a GET or HEAD).
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    match (host, origin) {
+        (Some(host), Some(origin)) => origin
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host)),
+        _ => false,
+    }
+}
+
+/// Whether the request was addressed to this machine itself (`localhost`, 127.0.0.0/8,
+/// `[::1]`): the one place a session cookie may go without `Secure`.
+pub fn is_loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -224,35 +357,26 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The peer's address, when the server was started with connect info (the binary is).
-fn peer(req: &Request) -> Option<IpAddr> {
+pub fn peer(req: &Request) -> Option<IpAddr> {
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
 }
 
-/// Middleware of every route that is not public: finds the [`Caller`] (401 without one),
-/// applies the rate limit (429), and hands the caller to the handler.
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let peer = peer(&req);
-    let auth = &state.auth;
-    let caller = match auth.identify(req.headers(), peer) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    if let Err(e) = auth.admit(&caller, peer) {
-        return e.into_response();
-    }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
-}
+/// The peer's address as a handler argument; `None` without connect info.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<IpAddr>);
 
-/// Middleware of `/metrics`: public with `--public-metrics` (or `--auth none`), else signed
-/// in like the rest of the API.
-pub async fn metrics_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if state.auth.public_metrics {
-        return next.run(req).await;
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
-    authenticate(State(state), req, next).await
 }
 
 /// Refuses `--auth none` on an address other machines can reach, unless the operator says
@@ -316,6 +440,37 @@ mod tests {
             Some("bob")
         );
         assert!(Caller::Open.may_see("bob"));
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::new(
+            AuthMode::None,
+            &["10.0.0.0/8".into()],
+            0,
+            false,
+            &dir.path().join("key"),
+        )
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.7, 10.0.0.2".parse().unwrap(),
+        );
+        let proxy = Some("10.0.0.1".parse().unwrap());
+        let client = Some("203.0.113.7".parse().unwrap());
+        assert_eq!(
+            auth.client_ip(&h, proxy),
+            client,
+            "the nearest untrusted hop"
+        );
+        let direct = Some("198.51.100.1".parse().unwrap());
+        assert_eq!(
+            auth.client_ip(&h, direct),
+            direct,
+            "not from a proxy: ignored"
+        );
     }
 
     #[test]

@@ -106,7 +106,8 @@ pub fn read(path: &Path) -> Result<Vec<TokenEntry>, TokenFileError> {
         .collect()
 }
 
-fn decode_hash(hex_digest: &str) -> Option<TokenHash> {
+/// A hex SHA-256 as bytes.
+pub fn decode_hash(hex_digest: &str) -> Option<TokenHash> {
     hex::decode(hex_digest).ok()?.try_into().ok()
 }
 
@@ -218,9 +219,14 @@ impl TokenStore {
 
     /// The user `token` signs in as, if it is in the file and has not expired.
     pub fn lookup(&self, token: &str) -> Option<TokenUser> {
+        self.lookup_hash(&hash(token))
+    }
+
+    /// [`lookup`](Self::lookup) by the token's hash, for sessions, which keep only that.
+    pub fn lookup_hash(&self, hash: &TokenHash) -> Option<TokenUser> {
         self.refresh();
         let loaded = self.loaded.read().unwrap();
-        let entry = loaded.tokens.as_ref()?.get(&hash(token))?;
+        let entry = loaded.tokens.as_ref()?.get(hash)?;
         if entry.expires.is_some_and(|e| e <= Utc::now()) {
             return None;
         }

@@ -47,6 +47,9 @@ pub struct JobInput {
     pub dimensions: (u32, u32),
     /// Which model runs it; only jobs for the same model share a batch.
     pub model: ModelKey,
+    /// Whose request it is, for a model tier that checks who owns a fine-tuned model
+    /// (`--remote-model-token`); the local pool has checked already.
+    pub user: Option<String>,
 }
 
 /// A finished job: the encoded result and how it was made.
