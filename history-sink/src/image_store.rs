@@ -107,6 +107,17 @@ impl ImageStore {
         }
     }
 
+    /// Removes an image; removing one that is not there is not an error. Content-addressed
+    /// keys may be shared, so the caller decides that no one needs it any more.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        validate_key(key)?;
+        match self {
+            Self::Local(s) => s.delete(key).await,
+            #[cfg(feature = "s3")]
+            Self::S3(s) => s.delete(key).await,
+        }
+    }
+
     /// The URI an already-validated key has in this store.
     pub fn uri_for(&self, key: &str) -> Result<String> {
         validate_key(key)?;
@@ -181,6 +192,14 @@ impl LocalImageStore {
         Ok(StoredImage { key, uri })
     }
 
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path_for(key);
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(HistoryError::io(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<Option<(Bytes, String)>> {
         let content_type = validate_key(key)?;
         let path = self.path_for(key);
@@ -224,6 +243,12 @@ mod tests {
             .unwrap();
         assert!(j.key.ends_with(".jpg"));
         assert_eq!(store.get(&j.key).await.unwrap().unwrap().1, "image/jpeg");
+        // Deleting removes one key's file, twice is fine, and a bad key touches nothing.
+        store.delete(&a.key).await.unwrap();
+        store.delete(&a.key).await.unwrap();
+        assert!(store.get(&a.key).await.unwrap().is_none());
+        assert!(store.get(&j.key).await.unwrap().is_some());
+        assert!(store.delete("../../etc/passwd").await.is_err());
     }
 
     #[tokio::test]

@@ -257,6 +257,15 @@ impl HistorySink for MySqlSink {
         select_page(&self.pool, q).await
     }
 
+    async fn delete_user(&self, user_id: &str) -> Result<u64> {
+        self.migrate().await?;
+        let done = sqlx::query("DELETE FROM history_events WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn get(&self, event_id: Uuid) -> Result<Option<HistoryEvent>> {
         self.migrate().await?;
         select_event(&self.pool, event_id).await

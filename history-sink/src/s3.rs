@@ -95,6 +95,13 @@ impl S3ImageStore {
         Ok(StoredImage { key, uri })
     }
 
+    pub(crate) async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Option<(Bytes, String)>> {
         let content_type = validate_key(key)?;
         match self.store.get(&self.path(key)).await {

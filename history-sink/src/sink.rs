@@ -133,6 +133,17 @@ pub trait HistorySink: Send + Sync {
         false
     }
 
+    /// Deletes every event of `user_id`, returning how many there were: a user's "delete my
+    /// history". Sinks that cannot (an append-only log) return
+    /// [`HistoryError::Unsupported`].
+    async fn delete_user(&self, user_id: &str) -> Result<u64> {
+        let _ = user_id;
+        Err(HistoryError::Unsupported {
+            operation: "delete",
+            sink: self.name(),
+        })
+    }
+
     /// Waits until everything recorded so far has left local buffers (a spool).
     async fn flush(&self) -> Result<()> {
         Ok(())
@@ -160,6 +171,9 @@ impl<S: HistorySink + ?Sized> HistorySink for Arc<S> {
     }
     fn can_query(&self) -> bool {
         (**self).can_query()
+    }
+    async fn delete_user(&self, user_id: &str) -> Result<u64> {
+        (**self).delete_user(user_id).await
     }
     async fn flush(&self) -> Result<()> {
         (**self).flush().await
@@ -235,6 +249,16 @@ impl HistorySink for FanoutSink {
 
     fn can_query(&self) -> bool {
         self.reader().is_some()
+    }
+
+    /// Deletes from every sink that can be asked (and so can delete); a log such as Kafka's
+    /// keeps its copy until its retention ends, which the caller's docs must say.
+    async fn delete_user(&self, user_id: &str) -> Result<u64> {
+        let mut deleted = 0;
+        for s in self.sinks.iter().filter(|s| s.can_query()) {
+            deleted = deleted.max(s.delete_user(user_id).await?);
+        }
+        Ok(deleted)
     }
 
     async fn flush(&self) -> Result<()> {

@@ -159,6 +159,14 @@ impl HistorySink for SqliteSink {
     fn can_query(&self) -> bool {
         true
     }
+
+    async fn delete_user(&self, user_id: &str) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM history_events WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +211,32 @@ mod tests {
             s.record(&ev).await,
             Err(HistoryError::InvalidEvent(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn delete_user_removes_that_users_events_only() {
+        let (_d, s) = sink().await;
+        for user in ["a", "a", "b", "a' OR '1'='1"] {
+            s.record(&HistoryEvent::new(EventKind::Inpaint, user))
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.delete_user("a").await.unwrap(), 2);
+        assert!(s
+            .query(&HistoryQuery::for_user("a"))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.query(&HistoryQuery::for_user("b")).await.unwrap().len(),
+            1
+        );
+        assert_eq!(
+            s.delete_user("a' OR '1'='1").await.unwrap(),
+            1,
+            "bound, not spliced"
+        );
+        assert_eq!(s.delete_user("nobody").await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -130,6 +130,36 @@ async fn query_filters_and_pages() {
 }
 
 #[tokio::test]
+async fn delete_user_through_the_spool_deletes_what_was_on_its_way_too() {
+    if skip_services("delete_user_through_the_spool_deletes_what_was_on_its_way_too") {
+        return;
+    }
+    let db = TestDb::new().await;
+    let spool = tempfile::tempdir().unwrap();
+    let sink = sink_from_url(&db.url(), &SpoolOptions::new(spool.path()))
+        .await
+        .unwrap();
+    for user in ["alice", "alice", "bob"] {
+        sink.record(&HistoryEvent::inpaint(user)).await.unwrap();
+    }
+    // No flush first: the delete itself waits for the spool, so none of alice's events is
+    // delivered after it and comes back.
+    assert_eq!(sink.delete_user("alice").await.unwrap(), 2);
+    assert!(sink
+        .query(&HistoryQuery::for_user("alice"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        sink.query(&HistoryQuery::for_user("bob"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn fanout_to_sqlite_and_mysql() {
     if skip_services("fanout_to_sqlite_and_mysql") {
         return;

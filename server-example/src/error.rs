@@ -97,9 +97,17 @@ pub enum AppError {
     #[error("{0}")]
     JobFinished(String),
 
+    /// The job is queued or running, so it cannot be deleted.
+    #[error("{0}")]
+    JobActive(String),
+
     /// Fine-tuning needs the model in this process, not behind `--remote-model`.
     #[error("fine-tuning and model choice run on the model tier; call it directly")]
     FinetuneUnavailable,
+
+    /// A delete must wait until spooled history has reached its database.
+    #[error("history events are still on their way to the database; retry once it is back")]
+    HistoryBehind,
 
     /// No configured history sink can answer queries.
     #[error("no history sink that can answer queries is configured")]
@@ -170,11 +178,12 @@ impl AppError {
             Self::TooMuch { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyJobs { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::JobFinished(_) => StatusCode::CONFLICT,
+            Self::JobFinished(_) | Self::JobActive(_) => StatusCode::CONFLICT,
             Self::FinetuneUnavailable => StatusCode::NOT_IMPLEMENTED,
             Self::Overloaded | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::HistoryUnavailable => StatusCode::NOT_IMPLEMENTED,
+            Self::HistoryBehind => StatusCode::SERVICE_UNAVAILABLE,
             Self::Remote { status, .. } => *status,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -201,11 +210,13 @@ impl AppError {
             Self::TooMuch { code, .. } | Self::Unprocessable { code, .. } => code,
             Self::TooManyJobs { .. } => "too_many_jobs",
             Self::JobFinished(_) => "job_finished",
+            Self::JobActive(_) => "job_active",
             Self::FinetuneUnavailable => "finetune_unavailable",
             Self::Overloaded => "overloaded",
             Self::Timeout(_) => "timeout",
             Self::NotReady(_) => "not_ready",
             Self::HistoryUnavailable => "history_unavailable",
+            Self::HistoryBehind => "history_behind",
             Self::Remote { code, .. } => code.as_str(),
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
@@ -252,6 +263,7 @@ impl IntoResponse for AppError {
                 Self::Overloaded
                 | Self::Timeout(_)
                 | Self::HistoryUnavailable
+                | Self::HistoryBehind
                 | Self::FinetuneUnavailable => self.to_string(),
                 Self::NotReady(_) => "the model is not loaded yet".to_owned(),
                 _ => "something went wrong".to_owned(),

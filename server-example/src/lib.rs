@@ -82,8 +82,15 @@ pub fn app(state: AppState) -> Router {
             get(routes::finetune_events),
         )
         .route("/api/v1/models", get(routes::models))
+        .route(
+            "/api/v1/models/{id}",
+            axum::routing::delete(routes::delete_model),
+        )
         .route("/images/{key}", get(routes::image))
-        .route("/api/v1/history", get(routes::history))
+        .route(
+            "/api/v1/history",
+            get(routes::history).delete(routes::delete_history),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             routes::authenticate,

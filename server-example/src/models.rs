@@ -105,6 +105,11 @@ impl ModelRegistry {
         }
     }
 
+    /// Drops `id` from the cache, so that a deleted model is not served from memory.
+    pub fn unload(&self, id: Uuid) {
+        self.cache.lock().unwrap().retain(|(k, _)| *k != id);
+    }
+
     /// The loaded model for a fine-tuned id, loading it (on the calling thread) if needed.
     pub fn get(&self, id: Uuid) -> Result<Arc<Inpainter>, ModelError> {
         {

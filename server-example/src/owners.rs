@@ -49,6 +49,27 @@ impl ImageOwners {
         tx.commit().await
     }
 
+    /// Forgets everything `user` owns, and returns the keys that no one owns any more: those
+    /// the caller may delete from the store.
+    pub async fn remove_user(&self, user: &str) -> Result<Vec<String>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let orphans: Vec<(String,)> = sqlx::query_as(
+            "SELECT image_key FROM image_owners AS mine WHERE user_id = ?
+             AND NOT EXISTS (SELECT 1 FROM image_owners AS other
+                             WHERE other.image_key = mine.image_key AND other.user_id <> ?)",
+        )
+        .bind(user)
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM image_owners WHERE user_id = ?")
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(orphans.into_iter().map(|(k,)| k).collect())
+    }
+
     /// Whether `user` owns the image `key`.
     pub async fn owns(&self, user: &str, key: &str) -> Result<bool, sqlx::Error> {
         let row: Option<(i64,)> =
@@ -84,5 +105,9 @@ mod tests {
             .unwrap();
         assert!(owners.owns("alice", "shared.png").await.unwrap());
         assert!(!owners.owns("alice' OR '1'='1", "a.png").await.unwrap());
+        // Alice leaves: her own image is orphaned, the shared one stays Bob's.
+        assert_eq!(owners.remove_user("alice").await.unwrap(), ["a.png"]);
+        assert!(!owners.owns("alice", "shared.png").await.unwrap());
+        assert!(owners.owns("bob", "shared.png").await.unwrap());
     }
 }

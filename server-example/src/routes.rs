@@ -309,6 +309,44 @@ pub async fn history(
     ))
 }
 
+/// `DELETE /api/v1/history`: deletes the caller's history events and the images that no one
+/// else owns. A history that is only a log (Kafka) cannot delete; the answer says so.
+pub async fn delete_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let Query(p) = params?;
+    let user = caller
+        .user(p.user_id)?
+        .ok_or_else(|| AppError::missing("user_id"))?;
+    let events = match state.history.as_ref().filter(|h| h.can_query()) {
+        Some(h) => Some(h.delete_user(&user).await.map_err(|e| match e {
+            HistoryError::FlushTimeout(_) => AppError::HistoryBehind,
+            e => AppError::internal(e),
+        })?),
+        None => None,
+    };
+    let mut images = 0;
+    if let (Some(owners), Some(store)) = (&state.owners, &state.images) {
+        for key in owners
+            .remove_user(&user)
+            .await
+            .map_err(AppError::internal)?
+        {
+            match store.delete(&key).await {
+                Ok(()) => images += 1,
+                Err(e) => tracing::error!("deleting image {key}: {e}"),
+            }
+        }
+    }
+    Ok(Json(serde_json::json!({
+        "user_id": user,
+        "events_deleted": events,
+        "images_deleted": images,
+    })))
+}
+
 /// Multipart: `images` (repeatable; photos or zips of photos), `user_id`, `base_model`,
 /// `name`, `steps`. Limits and decoding are checked before the job is queued.
 pub async fn finetune_submit(
@@ -488,6 +526,19 @@ pub async fn models(
         }));
     }
     Ok(Json(serde_json::json!({ "models": list })))
+}
+
+/// `DELETE /api/v1/models/{id}`: deletes one of the caller's fine-tuned models (a job that
+/// is over), with its photos and checkpoints.
+pub async fn delete_model(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let status = state.finetune()?.delete(&id, caller.scope())?;
+    Ok(Json(
+        serde_json::json!({ "deleted": status.job_id, "state": status.state }),
+    ))
 }
 
 /// `GET /api/v1/session`: how this server signs people in, and who the request is from

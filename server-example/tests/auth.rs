@@ -141,6 +141,32 @@ async fn with_tokens_nothing_of_one_user_reaches_another() {
     let (img, mask) = small_pair();
     let r = s.inpaint_as(None, form(img.clone(), mask.clone())).await;
     assert_eq!(error_code(r).await, (401, "unauthorized".into()));
+    // Every write too, before its body is looked at.
+    let some_id = "0190a5c0-0000-7000-8000-000000000000";
+    let writes = [
+        (reqwest::Method::POST, "/reconstruct".to_owned()),
+        (reqwest::Method::POST, "/api/v1/finetune".to_owned()),
+        (
+            reqwest::Method::DELETE,
+            format!("/api/v1/finetune/{some_id}"),
+        ),
+        (reqwest::Method::DELETE, format!("/api/v1/models/{some_id}")),
+        (reqwest::Method::DELETE, "/api/v1/history".to_owned()),
+        (
+            reqwest::Method::GET,
+            format!("/api/v1/finetune/{some_id}/events"),
+        ),
+    ];
+    for (method, path) in writes {
+        for token in [None, Some("pct_wrong"), Some(t.revoked.as_str())] {
+            let r = s.req(method.clone(), &path, token).send().await.unwrap();
+            assert_eq!(
+                error_code(r).await,
+                (401, "unauthorized".into()),
+                "{method} {path} {token:?}"
+            );
+        }
+    }
 
     // Alice inpaints; the event is hers whatever user_id she leaves out.
     let r = s
@@ -273,6 +299,63 @@ async fn with_tokens_nothing_of_one_user_reaches_another() {
         )
         .await;
     assert_eq!(r.status(), 200, "alice uses her own model");
+
+    // Alice deletes her model, then her history and images; Bob's stay.
+    let delete =
+        |path: String, token: String| s.req(reqwest::Method::DELETE, &path, Some(&token)).send();
+    let r = delete(format!("/api/v1/models/{job}"), t.bob.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r).await,
+        (404, "unknown_job".into()),
+        "not bob's to delete"
+    );
+    let r = delete(format!("/api/v1/models/{job}"), t.alice.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        models(s.json_as("/api/v1/models", &t.alice).await),
+        ["default"]
+    );
+    let r = s
+        .inpaint_as(
+            Some(&t.alice),
+            form(img.clone(), mask.clone()).text("model", job.clone()),
+        )
+        .await;
+    assert_eq!(
+        error_code(r).await,
+        (404, "unknown_model".into()),
+        "deleted"
+    );
+
+    let r = s
+        .inpaint_as(Some(&t.bob), form(img.clone(), mask.clone()))
+        .await;
+    assert_eq!(r.status(), 200, "bob's own inpaint, of the same photo");
+    let alice_result = s.json_as("/api/v1/history", &t.alice).await["events"][0]["result_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = delete("/api/v1/history".into(), t.alice.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["events_deleted"].as_u64().unwrap() >= 2, "{v}");
+    assert!(s.json_as("/api/v1/history", &t.alice).await["events"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let bobs = s.json_as("/api/v1/history", &t.bob).await;
+    assert_eq!(bobs["events"].as_array().unwrap().len(), 1, "{bobs}");
+    let r = s.get_as(&alice_result, Some(&t.alice)).await;
+    assert_eq!(error_code(r).await, (404, "not_found".into()));
+    // The photo bob inpainted too is his as well, so it is still there for him.
+    let bob_original = bobs["events"][0]["original_url"].as_str().unwrap();
+    assert_eq!(s.get_as(bob_original, Some(&t.bob)).await.status(), 200);
 
     // A token made while the server runs works at once, and a revoked one stops at once.
     let dave = tokens::add(&file, "dave", None, false).unwrap();

@@ -45,6 +45,10 @@ pub const REJECTED_FILE: &str = "rejected.jsonl";
 /// that a user sees their own result in their history.
 const READ_YOUR_WRITES: Duration = Duration::from_secs(2);
 
+/// How long a delete waits for the spool to drain before giving up (the destination is
+/// down: the user should retry, rather than have deleted events come back).
+const DELETE_FLUSH: Duration = Duration::from_secs(10);
+
 /// Where an outbox keeps its spool and how large it may grow.
 #[derive(Debug, Clone)]
 pub struct OutboxConfig {
@@ -322,6 +326,14 @@ impl<D: Deliver> HistorySink for Outbox<D> {
 
     fn can_query(&self) -> bool {
         self.shared.target.reader().is_some()
+    }
+
+    /// Delivers what is spooled first: an event of the user's still on its way would
+    /// otherwise arrive after the delete and bring part of the history back.
+    async fn delete_user(&self, user_id: &str) -> Result<u64> {
+        let reader = self.reader("delete")?;
+        self.flush_timeout(DELETE_FLUSH).await?;
+        reader.delete_user(user_id).await
     }
 
     async fn flush(&self) -> Result<()> {

@@ -221,6 +221,34 @@ impl FineTunes {
         Ok(status)
     }
 
+    /// Deletes a job that is over, with its model, photos and checkpoints: its owner's
+    /// `DELETE /api/v1/models/{id}`. A queued or running job is 409 `job_active` (cancel it
+    /// first); another user's is 404, as one that does not exist.
+    pub fn delete(&self, id: &str, scope: Option<&str>) -> Result<JobStatus, AppError> {
+        let id = parse_job_id(id)?;
+        let mut table = self.inner.table.lock().unwrap();
+        let status = visible(&table, id, scope)?.tx.borrow().clone();
+        if !status.state.is_over() {
+            return Err(AppError::JobActive(format!(
+                "job {id} is still {}; cancel it first (DELETE /api/v1/finetune/{id})",
+                serde_json::to_value(status.state)
+                    .unwrap_or_default()
+                    .as_str()
+                    .unwrap_or("active")
+            )));
+        }
+        // Out of the table first: from here on the id is unknown, even if removing the
+        // folder fails half-way (it is then logged, and the files are orphans, not served).
+        table.remove(&id);
+        drop(table);
+        self.inner.models.unload(id);
+        let dir = self.inner.models.job_dir(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::error!(job = %id, "removing {}: {e}", dir.display());
+        }
+        Ok(status)
+    }
+
     /// Who submitted job `id`, if the server knows it.
     pub fn owner(&self, id: Uuid) -> Option<String> {
         let table = self.inner.table.lock().unwrap();
