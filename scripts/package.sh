@@ -64,7 +64,8 @@ BIN=$CACHE/target-consumer/release
 step "the consumer's predict against the CLI's"
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
-cargo build -q -p partialconv-cli
+# The CLI as `make test-rust` built it (all features, so no rebuild when it already ran).
+cargo build -q --workspace --all-features --bin partialconv
 env -u PARTIALCONV_MODEL "$BIN/predict" docs/img/sample.jpg docs/img/sample_mask.png "$OUT/consumer.png"
 env -u PARTIALCONV_MODEL "$TARGET/debug/partialconv" predict --image docs/img/sample.jpg \
     --mask docs/img/sample_mask.png --output "$OUT/cli.png"
