@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{MatchedPath, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, MatchedPath, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -49,9 +49,29 @@ fn text(bytes: Bytes, field: &str) -> Result<String, AppError> {
         .map_err(|_| AppError::bad_request("bad_argument", format!("`{field}` is not UTF-8")))
 }
 
-/// `POST /api/v1/inpaint`: multipart `image`, `mask` and options; answers the image.
+/// `POST /api/v1/inpaint`: multipart `image`, `mask` and options, or IOPaint's JSON
+/// ([`IopaintRequest`]); answers the image.
 pub async fn inpaint(
     State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, AppError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("application/json"));
+    if is_json {
+        let body = Json::<IopaintRequest>::from_request(req, &state).await;
+        return inpaint_iopaint(state, caller, headers, body).await;
+    }
+    let multipart = Multipart::from_request(req, &state).await;
+    inpaint_multipart(state, caller, headers, multipart).await
+}
+
+/// The multipart form of `POST /api/v1/inpaint`.
+async fn inpaint_multipart(
+    state: AppState,
     caller: Caller,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
@@ -94,6 +114,11 @@ pub async fn inpaint(
         },
     )
     .await?;
+    Ok(image_response(&done))
+}
+
+/// The result's bytes, with how it was made in `x-` headers.
+fn image_response(done: &service::Inpainted) -> Response {
     let out = &done.output;
     let mut extra = vec![
         ("x-event-id", done.event_id.to_string()),
@@ -122,7 +147,96 @@ pub async fn inpaint(
                 .insert(HeaderName::from_static(name), v);
         }
     }
-    Ok(response)
+    response
+}
+
+/// IOPaint's request (`iopaint/schema.py`, `InpaintRequest`), as its web client and scripts
+/// send it: `image` and `mask` as data URLs or raw base64. Fields of IOPaint's diffusion
+/// models (prompts, samplers, seeds, ...) are ignored; ours may be added.
+#[derive(Debug, Deserialize)]
+pub struct IopaintRequest {
+    image: Option<String>,
+    mask: Option<String>,
+    /// `Original`, `Resize` or `Crop`; absent: our `auto`.
+    hd_strategy: Option<String>,
+    /// `Resize`'s longer side (IOPaint's default 1280).
+    hd_strategy_resize_limit: Option<u32>,
+    user_id: Option<String>,
+    model: Option<String>,
+    /// Default: the input's own format (as IOPaint answers), PNG for anything but JPEG.
+    format: Option<String>,
+}
+
+/// IOPaint's `hd_strategy` in our terms.
+fn iopaint_strategy(name: Option<&str>, resize_limit: Option<u32>) -> Result<Strategy, AppError> {
+    match name.map(str::trim) {
+        None | Some("") => Ok(Strategy::Auto),
+        Some("Original") => Ok(Strategy::Original),
+        Some("Resize") => Ok(Strategy::Resize {
+            long_side: resize_limit.unwrap_or(1280),
+        }),
+        Some("Crop") => Ok(Strategy::Crop),
+        Some(other) => Err(AppError::bad_request(
+            "bad_argument",
+            format!("unknown hd_strategy `{other}`: expected Original, Resize or Crop"),
+        )),
+    }
+}
+
+/// An image field of IOPaint's JSON: a `data:...;base64,` URL or bare base64.
+fn decode_base64_field(value: &str, field: &str) -> Result<Bytes, AppError> {
+    if value.starts_with("data:") {
+        return decode_data_url(value, field);
+    }
+    let payload: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(payload.as_bytes())
+        .map(Bytes::from)
+        .map_err(|e| AppError::bad_request("bad_base64", format!("`{field}`: bad base64 ({e})")))
+}
+
+/// The JSON form of `POST /api/v1/inpaint`: IOPaint's shape, answered with the image bytes.
+async fn inpaint_iopaint(
+    state: AppState,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Json<IopaintRequest>, JsonRejection>,
+) -> Result<Response, AppError> {
+    let Json(req) = body.map_err(|e| with_limit(e.into(), state.limits.max_upload_mb))?;
+    let image = decode_base64_field(
+        req.image
+            .as_deref()
+            .ok_or_else(|| AppError::missing("image"))?,
+        "image",
+    )?;
+    let mask = decode_base64_field(
+        req.mask
+            .as_deref()
+            .ok_or_else(|| AppError::missing("mask"))?,
+        "mask",
+    )?;
+    let format = match req.format.as_deref() {
+        Some(f) => parse_format(Some(f))?,
+        None if image::guess_format(&image).ok() == Some(image::ImageFormat::Jpeg) => {
+            OutputFormat::Jpeg
+        }
+        None => OutputFormat::Png,
+    };
+    let done = service::inpaint(
+        &state,
+        InpaintRequest {
+            image,
+            mask,
+            user_id: caller.user(req.user_id)?,
+            scope: caller.scope().map(str::to_owned),
+            strategy: iopaint_strategy(req.hd_strategy.as_deref(), req.hd_strategy_resize_limit)?,
+            format,
+            model: req.model,
+            record: !headers.contains_key(NO_HISTORY_HEADER),
+        },
+    )
+    .await?;
+    Ok(image_response(&done))
 }
 
 /// The JSON body of `POST /reconstruct`: data URLs and options.

@@ -323,9 +323,10 @@ async fn bad_input_gets_json_4xx_and_the_server_keeps_serving() {
         assert_eq!(error_code(r).await, (status, code.to_owned()), "{what}");
     }
 
-    // Wrong content types.
+    // Wrong content types (JSON is IOPaint's shape: `iopaints_json_request_gets_the_filled_image`).
     let r = post("/api/v1/inpaint")
-        .json(&serde_json::json!({"image": "x"}))
+        .header("content-type", "text/plain")
+        .body("image=x")
         .send()
         .await
         .unwrap();
@@ -663,4 +664,120 @@ async fn the_workers_average_the_flipped_views_unless_told_otherwise() {
             .unwrap_err()
             .to_string();
     assert!(err.contains("dihedral") && err.contains("flips"), "{err}");
+}
+
+/// The body IOPaint's web client sends (`web_app/src/lib/api.ts`, `inpaint()`), field for
+/// field with its default settings, and the image and mask as its `convertToBase64` makes
+/// them (`FileReader.readAsDataURL`).
+fn iopaint_body(image: &str, mask: &str, hd_strategy: &str) -> serde_json::Value {
+    serde_json::json!({
+        "image": image,
+        "mask": mask,
+        "ldm_steps": 30,
+        "ldm_sampler": "ddim",
+        "zits_wireframe": true,
+        "cv2_flag": "INPAINT_NS",
+        "cv2_radius": 5,
+        "hd_strategy": hd_strategy,
+        "hd_strategy_crop_triger_size": 640,
+        "hd_strategy_crop_margin": 128,
+        "hd_trategy_resize_imit": 2048,
+        "prompt": "",
+        "negative_prompt": "",
+        "use_croper": false,
+        "croper_x": 0,
+        "croper_y": 0,
+        "croper_height": 512,
+        "croper_width": 512,
+        "use_extender": false,
+        "extender_x": 0,
+        "extender_y": 0,
+        "extender_height": 512,
+        "extender_width": 512,
+        "sd_mask_blur": 12,
+        "sd_strength": 1.0,
+        "sd_steps": 50,
+        "sd_guidance_scale": 7.5,
+        "sd_sampler": "DPM++ 2M",
+        "sd_seed": -1,
+        "sd_match_histograms": false,
+        "sd_lcm_lora": false,
+        "paint_by_example_example_image": null,
+        "p2p_image_guidance_scale": 1.5,
+        "enable_controlnet": false,
+        "controlnet_conditioning_scale": 0.4,
+        "controlnet_method": "",
+        "enable_brushnet": false,
+        "brushnet_method": "",
+        "brushnet_conditioning_scale": 1.0,
+        "enable_powerpaint_v2": false,
+        "powerpaint_task": "text-guided",
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iopaints_json_request_gets_the_filled_image() {
+    let s = start(&[]).await;
+    let (img, mask) = small_pair();
+    let data_url = |bytes: &[u8], ct: &str| format!("data:{ct};base64,{}", b64(bytes));
+    let post = |body: serde_json::Value| {
+        s.client
+            .post(format!("{}/api/v1/inpaint", s.url))
+            .json(&body)
+            .send()
+    };
+    let orig = decode(&img);
+    for (strategy, ours) in [
+        ("Crop", "crop"),
+        ("Original", "original"),
+        ("Resize", "resize:1280"),
+    ] {
+        let body = iopaint_body(
+            &data_url(&img, "image/png"),
+            &data_url(&mask, "image/png"),
+            strategy,
+        );
+        let r = post(body).await.unwrap();
+        assert_eq!(r.status(), 200, "{strategy}");
+        assert_eq!(r.headers()["content-type"], "image/png");
+        let used = r.headers()["x-strategy"].to_str().unwrap().to_owned();
+        assert!(
+            used.starts_with(ours.split(':').next().unwrap()),
+            "{strategy} → {used}"
+        );
+        let out = decode(&r.bytes().await.unwrap());
+        assert_eq!(out.dimensions(), orig.dimensions());
+        assert_eq!(
+            out.get_pixel(0, 0),
+            orig.get_pixel(0, 0),
+            "outside the hole"
+        );
+        assert_ne!(
+            out.get_pixel(28, 24),
+            orig.get_pixel(28, 24),
+            "inside the hole"
+        );
+    }
+    // Raw base64 as scripts send it, and a JPEG comes back as a JPEG.
+    let jpeg = encode(picture(64, 48), ImageFormat::Jpeg);
+    let r = post(serde_json::json!({"image": b64(&jpeg), "mask": b64(&mask)}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    // Bad input is named.
+    let r = post(serde_json::json!({"image": "not base64!", "mask": b64(&mask)}))
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (400, "bad_base64".into()));
+    let r = post(serde_json::json!({"image": "data:image/png;base64,@@@", "mask": b64(&mask)}))
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (400, "bad_data_url".into()));
+    let r = post(iopaint_body(&b64(&img), &b64(&mask), "Tile"))
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (400, "bad_argument".into()));
+    let r = post(serde_json::json!({"mask": b64(&mask)})).await.unwrap();
+    assert_eq!(error_code(r).await, (400, "missing_field".into()));
 }
