@@ -23,6 +23,23 @@ struct Cli {
 }
 
 /// How the network's fill is made and merged, shared by predict, batch and eval.
+/// Which pixels are filled, and at what resolution.
+#[derive(Args, Clone, Copy)]
+struct HoleArgs {
+    /// auto | original | resize | resize:N | crop
+    #[arg(long, default_value = "auto")]
+    strategy: Strategy,
+    /// Grow the mask by N pixels before filling (a disk; negative shrinks it), from -16 to 16.
+    /// A few pixels help fills around hard edges, where a brush leaves a halo.
+    #[arg(
+        long,
+        default_value_t = 0,
+        allow_hyphen_values = true,
+        value_parser = clap::value_parser!(i32).range(-16..=16)
+    )]
+    mask_grow: i32,
+}
+
 #[derive(Args, Clone, Copy)]
 struct FillArgs {
     /// Average the fills of flipped views: flips (left–right, upside down and both, four
@@ -67,9 +84,8 @@ enum Command {
         /// Model file; default: $PARTIALCONV_MODEL, else the bundled model.
         #[arg(long)]
         model: Option<PathBuf>,
-        /// auto | original | resize | resize:N | crop
-        #[arg(long, default_value = "auto")]
-        strategy: Strategy,
+        #[command(flatten)]
+        holes: HoleArgs,
         #[command(flatten)]
         fill: FillArgs,
         /// auto (a GPU when CUDA is present), cpu, cuda or cuda:N.
@@ -89,8 +105,8 @@ enum Command {
         output: PathBuf,
         #[arg(long)]
         model: Option<PathBuf>,
-        #[arg(long, default_value = "auto")]
-        strategy: Strategy,
+        #[command(flatten)]
+        holes: HoleArgs,
         #[command(flatten)]
         fill: FillArgs,
         /// auto (a GPU when CUDA is present), cpu, cuda or cuda:N.
@@ -318,7 +334,7 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
             mask,
             output,
             model,
-            strategy,
+            holes: how,
             fill,
             device,
             resize_mask,
@@ -329,6 +345,8 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
             if resize_mask && holes.dimensions() != (img.width(), img.height()) {
                 holes = holes.resize_conservative(img.width(), img.height());
             }
+            let holes = holes.grown(how.mask_grow)?;
+            let strategy = how.strategy;
             if holes.is_empty() {
                 eprintln!(
                     "note: {}: the mask has no hole; writing the input unchanged",
@@ -354,7 +372,7 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
             masks,
             output,
             model,
-            strategy,
+            holes,
             fill,
             device,
         } => batch(
@@ -362,7 +380,7 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
             &masks,
             &output,
             model.as_deref(),
-            strategy,
+            holes,
             fill,
             &device,
         ),
@@ -566,7 +584,7 @@ fn batch(
     masks: &Path,
     output: &Path,
     model: Option<&Path>,
-    strategy: Strategy,
+    how: HoleArgs,
     fill: FillArgs,
     device: &str,
 ) -> partialconv::Result<ExitCode> {
@@ -598,9 +616,9 @@ fn batch(
                     ))
                 })?;
             let img = io::read_image(path)?;
-            let holes: HoleMask = io::read_mask(mask_path)?;
+            let holes: HoleMask = io::read_mask(mask_path)?.grown(how.mask_grow)?;
             let out = inpainter
-                .predict(&img, &holes, strategy)
+                .predict(&img, &holes, how.strategy)
                 .map_err(|e| name_mask_error(e, mask_path))?;
             let mut name = stem.to_os_string();
             name.push(".png");

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use image::{GenericImageView, GrayImage, Luma, Rgb, RgbImage};
-use partialconv::{Model, ModelMeta, PConvUNetConfig, Storage};
+use partialconv::{HoleMask, Model, ModelMeta, PConvUNetConfig, Storage};
 use tch::Device;
 
 struct Fixture {
@@ -105,6 +105,46 @@ fn predict_fills_only_the_hole() {
             );
         }
     }
+}
+
+#[test]
+fn mask_grow_fills_a_disk_wider_and_is_bounded() {
+    let f = Fixture::new();
+    let o = f.predict(
+        "img.png",
+        "mask.png",
+        "model.safetensors",
+        &["--strategy", "original", "--mask-grow", "2"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = image::open(f.path("out.png")).unwrap().to_rgb8();
+    let input = photo(40, 30);
+    // The hole is x 10..20, y 8..18: two more pixels each side are filled, and no more.
+    let grown = HoleMask::from_image(&image::DynamicImage::ImageLuma8(hole_mask(40, 30)))
+        .grown(2)
+        .unwrap();
+    for (x, y, p) in out.enumerate_pixels() {
+        if !grown.get(x, y) {
+            assert_eq!(
+                p,
+                input.get_pixel(x, y),
+                "({x},{y}) is outside the grown hole"
+            );
+        }
+    }
+    assert_ne!(
+        out.get_pixel(9, 12),
+        input.get_pixel(9, 12),
+        "one pixel left of the hole"
+    );
+    let o = f.predict(
+        "img.png",
+        "mask.png",
+        "model.safetensors",
+        &["--mask-grow", "-17"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("-16..=16"), "{}", stderr(&o));
 }
 
 #[test]

@@ -75,8 +75,8 @@ impl Inpainter {
 
     /// Fills the holes of `image`; pixels outside them come back unchanged.
     #[pyo3(
-        signature = (image, mask, strategy = StrategyArg(Strategy::Auto), resize_mask = false),
-        text_signature = "(self, image, mask, strategy='auto', resize_mask=False)"
+        signature = (image, mask, strategy = StrategyArg(Strategy::Auto), resize_mask = false, mask_grow = 0),
+        text_signature = "(self, image, mask, strategy='auto', resize_mask=False, mask_grow=0)"
     )]
     fn predict<'py>(
         &self,
@@ -85,11 +85,12 @@ impl Inpainter {
         mask: MaskArg,
         strategy: StrategyArg,
         resize_mask: bool,
+        mask_grow: i32,
     ) -> PyResult<Bound<'py, PyArray3<u8>>> {
         let filled = py
             .detach(|| {
                 let img = image.load()?;
-                let holes = mask.load(img.dimensions(), resize_mask)?;
+                let holes = mask.load(img.dimensions(), resize_mask)?.grown(mask_grow)?;
                 self.inner
                     .predict(&img, &holes, strategy.0)
                     .map_err(|e| mask.name_error(e))

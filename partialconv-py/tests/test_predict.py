@@ -174,6 +174,28 @@ def test_resize_mask(inpainter, cli, tiny_model, tmp_path):
     np.testing.assert_array_equal(inpainter.predict(img, small, resize_mask=True), expected)
 
 
+@pytest.mark.parametrize("grow", [3, -2])
+def test_mask_grow_equals_the_cli(inpainter, cli, tiny_model, tmp_path, grow):
+    h, w = 48, 64
+    img = make_photo(h, w, 4)
+    holes = make_holes(h, w, [(16, 32, 20, 36)])
+    Image.fromarray(img).save(tmp_path / "image.png")
+    Image.fromarray(holes).save(tmp_path / "mask.png")
+    code, err = run_cli(
+        cli, "predict", "--image", tmp_path / "image.png", "--mask", tmp_path / "mask.png",
+        "--output", tmp_path / "out.png", "--model", tiny_model, "--mask-grow", str(grow),
+    )  # fmt: skip
+    assert code == 0, err
+    expected = np.asarray(Image.open(tmp_path / "out.png"))
+    got = inpainter.predict(img, holes, mask_grow=grow)
+    np.testing.assert_array_equal(got, expected)
+    # Grown, the pixel left of the box is filled; shrunk, the box's own first column is not.
+    edge = (24, 18) if grow > 0 else (24, 20)
+    assert (got[edge] != img[edge]).any() == (grow > 0)
+    with pytest.raises(ValueError, match="mask_grow"):
+        inpainter.predict(img, holes, mask_grow=17)
+
+
 def test_predict_batch_equals_predict(inpainter):
     items = [
         (make_photo(48, 64, 10), make_holes(48, 64, [(5, 20, 5, 30)])),

@@ -131,6 +131,7 @@ impl Remote {
             .part("image", reqwest::multipart::Part::stream(input.image))
             .part("mask", reqwest::multipart::Part::stream(input.mask))
             .text("strategy", input.strategy.to_string())
+            .text("mask_grow", input.mask_grow.to_string())
             .text("format", input.format.as_str())
             .text("model", input.model.to_string());
         let url = format!("{}/api/v1/inpaint", self.base);

@@ -44,6 +44,28 @@ fn parse_format(s: Option<&str>) -> Result<OutputFormat, AppError> {
     }
 }
 
+/// `mask_grow`: an integer from −16 to 16 (pixels), 0 when absent.
+fn parse_mask_grow(s: Option<&str>) -> Result<i32, AppError> {
+    let Some(s) = s.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(0);
+    };
+    let max = partialconv::imaging::masks::MAX_MASK_GROW as i32;
+    s.parse::<i32>()
+        .ok()
+        .filter(|n| n.abs() <= max)
+        .ok_or_else(|| {
+            AppError::bad_request(
+                "bad_argument",
+                format!("mask_grow must be an integer from -{max} to {max} (pixels), not `{s}`"),
+            )
+        })
+}
+
+/// `mask_grow` of a JSON body.
+fn checked_mask_grow(n: Option<i64>) -> Result<i32, AppError> {
+    parse_mask_grow(n.map(|n| n.to_string()).as_deref())
+}
+
 fn text(bytes: Bytes, field: &str) -> Result<String, AppError> {
     String::from_utf8(bytes.to_vec())
         .map_err(|_| AppError::bad_request("bad_argument", format!("`{field}` is not UTF-8")))
@@ -80,6 +102,7 @@ async fn inpaint_multipart(
     let mut multipart = multipart?;
     let (mut image, mut mask, mut user_id, mut strategy, mut format, mut model) =
         (None, None, None, None, None, None);
+    let mut mask_grow = None;
     while let Some(field) = multipart
         .next_field()
         .await
@@ -97,6 +120,7 @@ async fn inpaint_multipart(
             "strategy" => strategy = Some(text(bytes, "strategy")?),
             "format" => format = Some(text(bytes, "format")?),
             "model" => model = Some(text(bytes, "model")?),
+            "mask_grow" => mask_grow = Some(text(bytes, "mask_grow")?),
             _ => {} // unknown fields are ignored, for forward compatibility
         }
     }
@@ -108,6 +132,7 @@ async fn inpaint_multipart(
             user_id: caller.user(user_id)?,
             scope: caller.scope().map(str::to_owned),
             strategy: parse_strategy(strategy.as_deref())?,
+            mask_grow: parse_mask_grow(mask_grow.as_deref())?,
             format: parse_format(format.as_deref())?,
             model,
             record: !headers.contains_key(NO_HISTORY_HEADER),
@@ -163,6 +188,8 @@ pub struct IopaintRequest {
     hd_strategy_resize_limit: Option<u32>,
     user_id: Option<String>,
     model: Option<String>,
+    /// Ours: pixels to grow (or shrink) the mask by, −16 to 16.
+    mask_grow: Option<i64>,
     /// Default: the input's own format (as IOPaint answers), PNG for anything but JPEG.
     format: Option<String>,
 }
@@ -230,6 +257,7 @@ async fn inpaint_iopaint(
             user_id: caller.user(req.user_id)?,
             scope: caller.scope().map(str::to_owned),
             strategy: iopaint_strategy(req.hd_strategy.as_deref(), req.hd_strategy_resize_limit)?,
+            mask_grow: checked_mask_grow(req.mask_grow)?,
             format,
             model: req.model,
             record: !headers.contains_key(NO_HISTORY_HEADER),
@@ -248,6 +276,7 @@ pub struct ReconstructRequest {
     strategy: Option<String>,
     format: Option<String>,
     model: Option<String>,
+    mask_grow: Option<i64>,
 }
 
 /// `data:[<type>][;base64],<payload>` → bytes. Only base64 payloads carry images.
@@ -288,6 +317,7 @@ pub async fn reconstruct(
             user_id: caller.user(req.user_id)?,
             scope: caller.scope().map(str::to_owned),
             strategy: parse_strategy(req.strategy.as_deref())?,
+            mask_grow: checked_mask_grow(req.mask_grow)?,
             format,
             model: req.model,
             record: true,

@@ -32,6 +32,8 @@ pub struct InpaintRequest {
     pub scope: Option<String>,
     /// How to fill.
     pub strategy: Strategy,
+    /// `mask_grow`: pixels to grow (or, negative, shrink) the mask by; checked.
+    pub mask_grow: i32,
     /// How to encode the result.
     pub format: OutputFormat,
     /// A model id from `GET /api/v1/models`; `None` for the server's own.
@@ -122,6 +124,7 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
         image: req.image.clone(),
         mask: req.mask.clone(),
         strategy: req.strategy,
+        mask_grow: req.mask_grow,
         format: req.format,
         dimensions,
         model,

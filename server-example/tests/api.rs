@@ -781,3 +781,53 @@ async fn iopaints_json_request_gets_the_filled_image() {
     let r = post(serde_json::json!({"mask": b64(&mask)})).await.unwrap();
     assert_eq!(error_code(r).await, (400, "missing_field".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mask_grow_widens_or_narrows_the_filled_area() {
+    let s = start(&[]).await;
+    let (img, mask) = small_pair(); // the hole is x 20..36, y 16..32
+    let orig = decode(&img);
+    let fill = |grow: &str| {
+        let form = form(img.clone(), mask.clone()).text("mask_grow", grow.to_owned());
+        s.inpaint(form)
+    };
+    let changed =
+        |out: &image::RgbImage, x: u32, y: u32| out.get_pixel(x, y) != orig.get_pixel(x, y);
+
+    let out = decode(&fill("0").await.bytes().await.unwrap());
+    assert!(
+        !changed(&out, 18, 24) && !changed(&out, 37, 24),
+        "0: the mask as drawn"
+    );
+    let out = decode(&fill("3").await.bytes().await.unwrap());
+    assert!(
+        changed(&out, 18, 24) && changed(&out, 38, 24),
+        "3 px wider each side"
+    );
+    assert!(
+        !changed(&out, 15, 24) && !changed(&out, 28, 12),
+        "but no more"
+    );
+    let out = decode(&fill("-3").await.bytes().await.unwrap());
+    assert!(
+        !changed(&out, 21, 24) && changed(&out, 28, 24),
+        "3 px narrower each side"
+    );
+    for bad in ["17", "-17", "two", "1.5"] {
+        assert_eq!(
+            error_code(fill(bad).await).await,
+            (400, "bad_argument".into()),
+            "{bad}"
+        );
+    }
+    // JSON bodies take it as a number.
+    let r = s
+        .client
+        .post(format!("{}/api/v1/inpaint", s.url))
+        .json(&serde_json::json!({"image": b64(&img), "mask": b64(&mask), "mask_grow": 3}))
+        .send()
+        .await
+        .unwrap();
+    let out = decode(&r.bytes().await.unwrap());
+    assert!(changed(&out, 18, 24));
+}

@@ -66,12 +66,15 @@ class Inpainter:
         mask: _MaskLike,
         strategy: _Strategy = "auto",
         resize_mask: bool = False,
+        mask_grow: int = 0,
     ) -> npt.NDArray[np.uint8]:
         """The image with its holes filled, uint8 H×W×3, or H×W×4 when the input has alpha
         (kept as it was). Pixels outside the holes are returned unchanged.
 
         `resize_mask` scales a mask of another size to the image (the CLI's
-        `--resize-mask`); otherwise a size mismatch raises ValueError."""
+        `--resize-mask`); otherwise a size mismatch raises ValueError. `mask_grow` grows
+        the mask by that many pixels (a disk; negative shrinks it), from -16 to 16, as the
+        CLI's `--mask-grow`; outside that range it raises ValueError."""
     def predict_batch(
         self,
         images: Sequence[_ImageLike],

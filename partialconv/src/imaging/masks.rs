@@ -23,6 +23,9 @@ pub fn is_hole(value: u8) -> bool {
     value >= HOLE_LUMA
 }
 
+/// The largest `mask_grow`, in pixels, either way.
+pub const MAX_MASK_GROW: u32 = 16;
+
 /// A binary hole map, row-major, `true` = hole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoleMask {
@@ -189,12 +192,51 @@ impl HoleMask {
     /// Huttenlocher's separable transform ("Distance Transforms of Sampled Functions", 2012),
     /// linear in the pixel count.
     pub fn distance_to_known(&self) -> Vec<f32> {
+        self.squared_distance_to(false)
+            .into_iter()
+            .map(|d| d.sqrt() as f32)
+            .collect()
+    }
+
+    /// The mask grown by `px` pixels (a dilation with a disk of that radius), or shrunk by
+    /// `-px` (an erosion): what `mask_grow` asks for. Growing covers the halo that a brush
+    /// leaves around a hard edge; shrinking keeps more of the photo. `0` is the mask itself,
+    /// bit for bit. A disk, not a square, so that corners grow as much as edges.
+    pub fn grown(&self, px: i32) -> crate::error::Result<HoleMask> {
+        if px.unsigned_abs() > MAX_MASK_GROW {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "mask_grow must be between -{MAX_MASK_GROW} and {MAX_MASK_GROW} pixels, not {px}"
+            )));
+        }
+        let r2 = f64::from(px) * f64::from(px);
+        let holes = match px {
+            0 => self.holes.clone(),
+            // Within the radius of some hole pixel.
+            1.. => self
+                .squared_distance_to(true)
+                .into_iter()
+                .map(|d| d <= r2)
+                .collect(),
+            // No known pixel within the radius.
+            _ => self
+                .squared_distance_to(false)
+                .into_iter()
+                .map(|d| d > r2)
+                .collect(),
+        };
+        Ok(HoleMask::from_bools(self.width, self.height, holes))
+    }
+
+    /// The squared Euclidean distance from each pixel to the nearest pixel that is a hole
+    /// (`to_hole`) or known; infinite when there is none. Felzenszwalb and Huttenlocher's
+    /// separable transform, linear in the pixel count.
+    fn squared_distance_to(&self, to_hole: bool) -> Vec<f64> {
         let (w, h) = (self.width as usize, self.height as usize);
         let far = f64::INFINITY;
         let mut sq: Vec<f64> = self
             .holes
             .iter()
-            .map(|&hole| if hole { far } else { 0.0 })
+            .map(|&hole| if hole == to_hole { 0.0 } else { far })
             .collect();
         let mut line = Vec::new();
         for x in 0..w {
@@ -208,7 +250,7 @@ impl HoleMask {
             let d = squared_distance_1d(row);
             row.copy_from_slice(&d);
         }
-        sq.into_iter().map(|d| d.sqrt() as f32).collect()
+        sq
     }
 
     /// 255 = hole, 0 = valid.
@@ -571,6 +613,61 @@ fn squared_distance_1d(f: &[f64]) -> Vec<f64> {
 mod tests {
     use super::*;
     use image::{Rgba, RgbaImage};
+
+    /// Dilation or erosion by checking every pixel within the radius: slow, and obviously right.
+    fn grown_brute(m: &HoleMask, px: i32) -> HoleMask {
+        let (w, h) = (m.width() as i64, m.height() as i64);
+        let r = i64::from(px.unsigned_abs());
+        let near = |x: i64, y: i64, want: bool| {
+            (-r..=r).any(|dy| {
+                (-r..=r).any(|dx| {
+                    let (nx, ny) = (x + dx, y + dy);
+                    dx * dx + dy * dy <= r * r
+                        && (0..w).contains(&nx)
+                        && (0..h).contains(&ny)
+                        && m.get(nx as u32, ny as u32) == want
+                })
+            })
+        };
+        let holes = (0..h)
+            .flat_map(|y| (0..w).map(move |x| (x, y)))
+            .map(|(x, y)| {
+                let hole = m.get(x as u32, y as u32);
+                if px >= 0 {
+                    hole || near(x, y, true)
+                } else {
+                    hole && !near(x, y, false)
+                }
+            })
+            .collect();
+        HoleMask::from_bools(m.width(), m.height(), holes)
+    }
+
+    #[test]
+    fn grown_is_a_disk_dilation_or_erosion_and_zero_is_identity() {
+        for seed in 0..6 {
+            let m = HoleGenerator::default().generate(37, 29, (0.05, 0.4), seed);
+            assert_eq!(m.grown(0).unwrap(), m);
+            for px in [-16, -5, -3, -2, -1, 1, 2, 3, 5, 16] {
+                assert_eq!(
+                    m.grown(px).unwrap(),
+                    grown_brute(&m, px),
+                    "seed {seed}, {px} px"
+                );
+            }
+            assert!(m.grown(3).unwrap().hole_count() >= m.hole_count());
+            assert!(m.grown(-3).unwrap().hole_count() <= m.hole_count());
+        }
+        // A single hole pixel grows into a disk of radius 2: 13 pixels, not a 5×5 square.
+        let mut one = vec![false; 49];
+        one[24] = true;
+        let dot = HoleMask::from_bools(7, 7, one);
+        assert_eq!(dot.grown(2).unwrap().hole_count(), 13);
+        assert_eq!(dot.grown(-1).unwrap().hole_count(), 0);
+        let err = dot.grown(17).unwrap_err().to_string();
+        assert!(err.contains("mask_grow") && err.contains("17"), "{err}");
+        assert!(dot.grown(-17).is_err());
+    }
 
     #[test]
     fn luma_matches_pil_on_primaries() {

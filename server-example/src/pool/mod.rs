@@ -41,6 +41,8 @@ pub struct JobInput {
     pub mask: Bytes,
     /// How to fill (see [`Strategy`]).
     pub strategy: Strategy,
+    /// Pixels to grow (positive) or shrink (negative) the mask by before filling.
+    pub mask_grow: i32,
     /// How to encode the result.
     pub format: OutputFormat,
     /// Image size from the header, used to group same-shape jobs.

@@ -131,7 +131,8 @@ fn decode(
     max_pixels: u64,
 ) -> Result<(DynamicImage, HoleMask), partialconv::Error> {
     let image = decode_image(&input.image, "image", Some(max_pixels))?;
-    let mask = HoleMask::from_image(&decode_image(&input.mask, "mask", Some(max_pixels))?);
+    let mask = HoleMask::from_image(&decode_image(&input.mask, "mask", Some(max_pixels))?)
+        .grown(input.mask_grow)?;
     let (w, h) = image.dimensions();
     let (mask_w, mask_h) = mask.dimensions();
     if (mask_w, mask_h) != (w, h) {
