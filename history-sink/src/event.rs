@@ -172,6 +172,11 @@ pub struct HistoryEvent {
     /// Wall time of the work, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
+    /// The event whose result this one edited further (the page's "Continue from result"),
+    /// always one of the same user's. Absent for a first edit, and in events written before
+    /// the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_event_id: Option<Uuid>,
     /// `ok`, or `error` with a message.
     #[serde(flatten)]
     pub status: EventStatus,
@@ -197,6 +202,7 @@ impl HistoryEvent {
             strategy: None,
             device: None,
             latency_ms: None,
+            parent_event_id: None,
             status: EventStatus::Ok,
         }
     }
@@ -258,6 +264,12 @@ impl HistoryEvent {
     pub fn with_model(mut self, id: impl Into<String>, version: impl Into<String>) -> Self {
         self.model_id = Some(id.into());
         self.model_version = Some(version.into());
+        self
+    }
+
+    /// Sets the event this one continues from.
+    pub fn with_parent(mut self, parent: Uuid) -> Self {
+        self.parent_event_id = Some(parent);
         self
     }
 

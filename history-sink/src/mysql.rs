@@ -124,7 +124,8 @@ pub async fn upsert_events(conn: &mut MySqlConnection, events: &[RawEvent]) -> R
         let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
             "INSERT IGNORE INTO history_events (event_id, schema_version, kind, user_id, occurred_at, \
              original_uri, mask_uri, result_uri, width, height, hole_ratio, model_id, \
-             model_version, strategy, device, latency_ms, status, error_message, raw_json) ",
+             model_version, strategy, device, latency_ms, status, error_message, raw_json, \
+             parent_event_id) ",
         );
         qb.push_values(chunk, |mut b, RawEvent { event: ev, raw }| {
             b.push_bind(ev.event_id.as_bytes().to_vec())
@@ -145,7 +146,8 @@ pub async fn upsert_events(conn: &mut MySqlConnection, events: &[RawEvent]) -> R
                 .push_bind(ev.latency_ms)
                 .push_bind(ev.status.as_str())
                 .push_bind(ev.status.error_message().map(str::to_owned))
-                .push_bind(raw.clone());
+                .push_bind(raw.clone())
+                .push_bind(ev.parent_event_id.map(|p| p.as_bytes().to_vec()));
         });
         // `IGNORE` makes a duplicate event_id a no-op (the first copy wins) and lets the
         // affected-row count be exactly the new rows (sqlx sets CLIENT_FOUND_ROWS, which

@@ -17,8 +17,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite
 
 const INSERT: &str = "INSERT INTO history_events (event_id, schema_version, kind, user_id, \
     occurred_at, original_uri, mask_uri, result_uri, width, height, hole_ratio, model_id, \
-    model_version, strategy, device, latency_ms, status, error_message, raw_json) \
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+    model_version, strategy, device, latency_ms, status, error_message, raw_json, \
+    parent_event_id) \
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
     ON CONFLICT (event_id) DO NOTHING";
 
 /// History in a SQLite file (WAL journal, `synchronous=FULL`, so `record` is durable).
@@ -82,6 +83,7 @@ async fn insert_event(pool: &SqlitePool, ev: &HistoryEvent, raw: &str) -> Result
         .bind(ev.status.as_str())
         .bind(ev.status.error_message())
         .bind(raw)
+        .bind(ev.parent_event_id.map(|p| p.hyphenated().to_string()))
         .execute(pool)
         .await?;
     Ok(res.rows_affected())

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+use crate::codec::{transcode, OutputFormat};
 use crate::error::AppError;
 use crate::pool::{JobInput, JobOutput, ModelInfo, Pool};
 
@@ -127,13 +128,28 @@ impl Remote {
         }
         let _waiting = Waiting(&self.waiting);
         let _permit = self.permits.acquire().await.map_err(AppError::internal)?;
-        let form = reqwest::multipart::Form::new()
+        // A lossy result's master comes from the model tier as the PNG, and the download
+        // is made from it here, so that one inference gives both.
+        let via_master = input.master && input.format.is_lossy();
+        let asked = if via_master {
+            OutputFormat::Png
+        } else {
+            input.format
+        };
+        let mut form = reqwest::multipart::Form::new()
             .part("image", reqwest::multipart::Part::stream(input.image))
             .part("mask", reqwest::multipart::Part::stream(input.mask))
             .text("strategy", input.strategy.to_string())
             .text("mask_grow", input.mask_grow.to_string())
-            .text("format", input.format.as_str())
+            .text("format", asked.as_str())
+            .text("keep_gps", input.keep_gps.to_string())
             .text("model", input.model.to_string());
+        if let Some(ensemble) = input.ensemble {
+            form = form.text("ensemble", ensemble.name());
+        }
+        if let Some(parent) = input.parent_event_id {
+            form = form.text("parent_event_id", parent.to_string());
+        }
         let url = format!("{}/api/v1/inpaint", self.base);
         let mut request = self
             .client
@@ -177,9 +193,14 @@ impl Remote {
                 .unwrap_or(0.0)
         };
         let (w, h) = input.dimensions;
+        let ensemble = header(&response, "x-ensemble")
+            .and_then(|e| e.parse().ok())
+            .unwrap_or_default();
         let out = JobOutput {
             bytes: Bytes::new(),
             content_type: input.format.content_type(),
+            master: None,
+            ensemble,
             width: w,
             height: h,
             hole_ratio: num(&response, "x-hole-ratio"),
@@ -195,7 +216,20 @@ impl Remote {
             .bytes()
             .await
             .map_err(|e| self.unreachable(&url, e))?;
-        Ok(JobOutput { bytes, ..out })
+        if !via_master {
+            return Ok(JobOutput { bytes, ..out });
+        }
+        let master = bytes.clone();
+        let format = input.format;
+        let download = tokio::task::spawn_blocking(move || transcode(&master, format))
+            .await
+            .map_err(AppError::internal)?
+            .map_err(AppError::internal)?;
+        Ok(JobOutput {
+            bytes: download.into(),
+            master: Some(bytes),
+            ..out
+        })
     }
 
     fn unreachable(&self, url: &str, e: reqwest::Error) -> AppError {

@@ -66,6 +66,10 @@ pub enum AppError {
     #[error("no fine-tune job `{0}`")]
     UnknownJob(String),
 
+    /// `parent_event_id` names no event of the caller's (someone else's is as unknown).
+    #[error("no history event `{0}` of yours to continue from (parent_event_id)")]
+    UnknownParent(String),
+
     /// A fine-tune upload past one of its limits (photos per job, unpacked bytes).
     #[error("{message}")]
     TooMuch {
@@ -174,7 +178,10 @@ impl AppError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotFound | Self::UnknownModel(_) | Self::UnknownJob(_) => StatusCode::NOT_FOUND,
+            Self::NotFound
+            | Self::UnknownModel(_)
+            | Self::UnknownJob(_)
+            | Self::UnknownParent(_) => StatusCode::NOT_FOUND,
             Self::TooMuch { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyJobs { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -207,6 +214,7 @@ impl AppError {
             Self::NotFound => "not_found",
             Self::UnknownModel(_) => "unknown_model",
             Self::UnknownJob(_) => "unknown_job",
+            Self::UnknownParent(_) => "unknown_parent",
             Self::TooMuch { code, .. } | Self::Unprocessable { code, .. } => code,
             Self::TooManyJobs { .. } => "too_many_jobs",
             Self::JobFinished(_) => "job_finished",

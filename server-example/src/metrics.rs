@@ -68,6 +68,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     inference: Mutex<Histogram>,
+    by_ensemble: Mutex<BTreeMap<&'static str, Histogram>>,
     batch_size: Mutex<Histogram>,
     /// Requests refused with 503 because the queue or admission was full.
     pub rejected: AtomicU64,
@@ -87,6 +88,7 @@ impl Default for Metrics {
             requests: Mutex::default(),
             latency: Mutex::default(),
             inference: Mutex::new(Histogram::new(LATENCY_BUCKETS)),
+            by_ensemble: Mutex::default(),
             batch_size: Mutex::new(Histogram::new(BATCH_BUCKETS)),
             rejected: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
@@ -122,6 +124,17 @@ impl Metrics {
     /// Records the model time of one batch.
     pub fn record_inference(&self, seconds: f64) {
         self.inference.lock().unwrap().observe(seconds);
+    }
+
+    /// Records the model time one request waited for, by the self-ensemble that filled it:
+    /// what the page's quality setting costs.
+    pub fn record_ensemble(&self, ensemble: &'static str, seconds: f64) {
+        self.by_ensemble
+            .lock()
+            .unwrap()
+            .entry(ensemble)
+            .or_insert_with(|| Histogram::new(LATENCY_BUCKETS))
+            .observe(seconds);
     }
 
     /// Records how many jobs shared one forward pass.
@@ -207,6 +220,17 @@ impl Metrics {
             .lock()
             .unwrap()
             .write(&mut out, "inference_duration_seconds", "");
+        out.push_str(
+            "# HELP inference_ensemble_duration_seconds Model time per request, by self-ensemble.\n",
+        );
+        out.push_str("# TYPE inference_ensemble_duration_seconds histogram\n");
+        for (ensemble, h) in self.by_ensemble.lock().unwrap().iter() {
+            h.write(
+                &mut out,
+                "inference_ensemble_duration_seconds",
+                &format!("ensemble=\"{ensemble}\""),
+            );
+        }
         out.push_str("# HELP inference_batch_size Jobs per forward pass.\n");
         out.push_str("# TYPE inference_batch_size histogram\n");
         self.batch_size
@@ -255,6 +279,9 @@ mod tests {
         m.record_request("POST", "/api/v1/inpaint", 200, 0.2);
         m.record_request("POST", "/api/v1/inpaint", 503, 0.001);
         m.record_batch(3);
+        m.record_ensemble("single", 0.3);
+        m.record_ensemble("flips", 1.5);
+        m.record_ensemble("flips", 0.5);
         let text = m.render(2, 16, 1);
         assert!(text.contains(
             "http_requests_total{method=\"POST\",route=\"/api/v1/inpaint\",status=\"503\"} 1"
@@ -264,5 +291,9 @@ mod tests {
         ));
         assert!(text.contains("inference_batch_size_bucket{le=\"4\"} 1"));
         assert!(text.contains("inference_queue_depth 2"));
+        assert!(text
+            .contains("inference_ensemble_duration_seconds_bucket{ensemble=\"flips\",le=\"1\"} 1"));
+        assert!(text.contains("inference_ensemble_duration_seconds_sum{ensemble=\"flips\"} 2"));
+        assert!(text.contains("inference_ensemble_duration_seconds_count{ensemble=\"single\"} 1"));
     }
 }

@@ -16,7 +16,7 @@ use base64::Engine;
 use bytes::Bytes;
 use futures_util::Stream;
 use history_sink::{HistoryError, HistoryQuery};
-use partialconv::Strategy;
+use partialconv::{SelfEnsemble, Strategy};
 use serde::Deserialize;
 
 use crate::auth::{self, session, Caller, Peer};
@@ -37,10 +37,44 @@ fn parse_strategy(s: Option<&str>) -> Result<Strategy, AppError> {
     }
 }
 
-fn parse_format(s: Option<&str>) -> Result<OutputFormat, AppError> {
+/// `format`: `None` when absent, for the input's own format.
+fn parse_format(s: Option<&str>) -> Result<Option<OutputFormat>, AppError> {
     match s.map(str::trim).filter(|s| !s.is_empty()) {
-        None => Ok(OutputFormat::Png),
-        Some(s) => Ok(s.parse()?),
+        None => Ok(None),
+        Some(s) => Ok(Some(s.parse()?)),
+    }
+}
+
+/// `ensemble`: `single`, `mirror` or `flips`; `None` (the server's) when absent.
+fn parse_ensemble(s: Option<&str>) -> Result<Option<SelfEnsemble>, AppError> {
+    match s.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|e: partialconv::Error| AppError::bad_request("bad_argument", e.to_string())),
+    }
+}
+
+/// `keep_gps`: `true` or `false` (also `1`/`0`), false when absent.
+fn parse_bool(s: Option<&str>, field: &str) -> Result<bool, AppError> {
+    match s.map(str::trim).filter(|s| !s.is_empty()) {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(other) => Err(AppError::bad_request(
+            "bad_argument",
+            format!("{field} must be true or false, not `{other}`"),
+        )),
+    }
+}
+
+/// `parent_event_id`: the id of the caller's event this edit continues from.
+fn parse_parent(s: Option<&str>) -> Result<Option<uuid::Uuid>, AppError> {
+    match s.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(|_| {
+            AppError::bad_request("bad_argument", "parent_event_id is not an event id (UUID)")
+        }),
     }
 }
 
@@ -102,7 +136,7 @@ async fn inpaint_multipart(
     let mut multipart = multipart?;
     let (mut image, mut mask, mut user_id, mut strategy, mut format, mut model) =
         (None, None, None, None, None, None);
-    let mut mask_grow = None;
+    let (mut mask_grow, mut ensemble, mut keep_gps, mut parent) = (None, None, None, None);
     while let Some(field) = multipart
         .next_field()
         .await
@@ -121,6 +155,9 @@ async fn inpaint_multipart(
             "format" => format = Some(text(bytes, "format")?),
             "model" => model = Some(text(bytes, "model")?),
             "mask_grow" => mask_grow = Some(text(bytes, "mask_grow")?),
+            "ensemble" => ensemble = Some(text(bytes, "ensemble")?),
+            "keep_gps" => keep_gps = Some(text(bytes, "keep_gps")?),
+            "parent_event_id" => parent = Some(text(bytes, "parent_event_id")?),
             _ => {} // unknown fields are ignored, for forward compatibility
         }
     }
@@ -134,6 +171,9 @@ async fn inpaint_multipart(
             strategy: parse_strategy(strategy.as_deref())?,
             mask_grow: parse_mask_grow(mask_grow.as_deref())?,
             format: parse_format(format.as_deref())?,
+            ensemble: parse_ensemble(ensemble.as_deref())?,
+            keep_gps: parse_bool(keep_gps.as_deref(), "keep_gps")?,
+            parent_event_id: parse_parent(parent.as_deref())?,
             model,
             record: !headers.contains_key(NO_HISTORY_HEADER),
         },
@@ -153,9 +193,13 @@ fn image_response(done: &service::Inpainted) -> Response {
         ("x-batch-size", out.batch_size.to_string()),
         ("x-strategy", out.strategy.clone()),
         ("x-hole-ratio", format!("{:.6}", out.hole_ratio)),
+        ("x-ensemble", out.ensemble.name().to_owned()),
     ];
     if let Some(key) = &done.result_key {
         extra.push(("x-result-url", format!("/images/{key}")));
+    }
+    if let Some(key) = &done.master_key {
+        extra.push(("x-master-url", format!("/images/{key}")));
     }
     let mut response = (
         [
@@ -192,6 +236,13 @@ pub struct IopaintRequest {
     mask_grow: Option<i64>,
     /// Default: the input's own format (as IOPaint answers), PNG for anything but JPEG.
     format: Option<String>,
+    /// Ours: `single`, `mirror` or `flips`.
+    ensemble: Option<String>,
+    /// Ours: keep the photo's GPS position.
+    #[serde(default)]
+    keep_gps: bool,
+    /// Ours: the caller's event this edit continues from.
+    parent_event_id: Option<String>,
 }
 
 /// IOPaint's `hd_strategy` in our terms.
@@ -242,13 +293,6 @@ async fn inpaint_iopaint(
             .ok_or_else(|| AppError::missing("mask"))?,
         "mask",
     )?;
-    let format = match req.format.as_deref() {
-        Some(f) => parse_format(Some(f))?,
-        None if image::guess_format(&image).ok() == Some(image::ImageFormat::Jpeg) => {
-            OutputFormat::Jpeg
-        }
-        None => OutputFormat::Png,
-    };
     let done = service::inpaint(
         &state,
         InpaintRequest {
@@ -258,7 +302,10 @@ async fn inpaint_iopaint(
             scope: caller.scope().map(str::to_owned),
             strategy: iopaint_strategy(req.hd_strategy.as_deref(), req.hd_strategy_resize_limit)?,
             mask_grow: checked_mask_grow(req.mask_grow)?,
-            format,
+            format: parse_format(req.format.as_deref())?,
+            ensemble: parse_ensemble(req.ensemble.as_deref())?,
+            keep_gps: req.keep_gps,
+            parent_event_id: parse_parent(req.parent_event_id.as_deref())?,
             model: req.model,
             record: !headers.contains_key(NO_HISTORY_HEADER),
         },
@@ -277,6 +324,7 @@ pub struct ReconstructRequest {
     format: Option<String>,
     model: Option<String>,
     mask_grow: Option<i64>,
+    ensemble: Option<String>,
 }
 
 /// `data:[<type>][;base64],<payload>` → bytes. Only base64 payloads carry images.
@@ -308,7 +356,8 @@ pub async fn reconstruct(
     let Json(req) = body.map_err(|e| with_limit(e.into(), state.limits.max_upload_mb))?;
     let original = req.original.ok_or_else(|| AppError::missing("original"))?;
     let mask = req.mask.ok_or_else(|| AppError::missing("mask"))?;
-    let format = parse_format(req.format.as_deref())?;
+    // The seed's clients read PNG unless they ask otherwise.
+    let format = parse_format(req.format.as_deref())?.unwrap_or(OutputFormat::Png);
     let done = service::inpaint(
         &state,
         InpaintRequest {
@@ -318,7 +367,10 @@ pub async fn reconstruct(
             scope: caller.scope().map(str::to_owned),
             strategy: parse_strategy(req.strategy.as_deref())?,
             mask_grow: checked_mask_grow(req.mask_grow)?,
-            format,
+            format: Some(format),
+            ensemble: parse_ensemble(req.ensemble.as_deref())?,
+            keep_gps: false,
+            parent_event_id: None,
             model: req.model,
             record: true,
         },

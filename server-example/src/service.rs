@@ -9,7 +9,7 @@ use bytes::Bytes;
 use history_sink::{HistoryEvent, StoredImage};
 use image::metadata::Orientation;
 use image::{ImageDecoder, ImageReader};
-use partialconv::Strategy;
+use partialconv::{SelfEnsemble, Strategy};
 use uuid::Uuid;
 
 use crate::backend::Backend;
@@ -34,8 +34,14 @@ pub struct InpaintRequest {
     pub strategy: Strategy,
     /// `mask_grow`: pixels to grow (or, negative, shrink) the mask by; checked.
     pub mask_grow: i32,
-    /// How to encode the result.
-    pub format: OutputFormat,
+    /// How to encode the result; `None`: in the input's own format.
+    pub format: Option<OutputFormat>,
+    /// The self-ensemble; `None`: the server's.
+    pub ensemble: Option<SelfEnsemble>,
+    /// Keep the photo's GPS position in the result's EXIF.
+    pub keep_gps: bool,
+    /// The caller's event whose result this request edits further.
+    pub parent_event_id: Option<Uuid>,
     /// A model id from `GET /api/v1/models`; `None` for the server's own.
     pub model: Option<String>,
     /// False for calls from a web tier, which records the event itself.
@@ -50,6 +56,8 @@ pub struct Inpainted {
     pub event_id: Uuid,
     /// Where the result is kept (`/images/{key}`), when an image store is configured.
     pub result_key: Option<String>,
+    /// Where its lossless master is kept: the result's own key for a PNG.
+    pub master_key: Option<String>,
 }
 
 /// Image size from the header alone (EXIF rotation applied), so that bad input, decompression
@@ -120,12 +128,23 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
     }
     let user_id = check_user_id(req.user_id)?;
     let model = resolve_model(state, req.model.as_deref(), req.scope.as_deref())?;
+    let parent = match req.parent_event_id {
+        // A web tier has checked the parent before calling its model tier.
+        Some(id) if req.record => Some(check_parent(state, id, user_id.as_deref()).await?),
+        other => other,
+    };
     let input = JobInput {
         image: req.image.clone(),
         mask: req.mask.clone(),
         strategy: req.strategy,
         mask_grow: req.mask_grow,
-        format: req.format,
+        format: req
+            .format
+            .unwrap_or_else(|| OutputFormat::of_input(&req.image)),
+        ensemble: req.ensemble,
+        keep_gps: req.keep_gps,
+        master: req.record && state.images.is_some(),
+        parent_event_id: parent,
         dimensions,
         model,
         user: user_id.clone(),
@@ -145,6 +164,7 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
             output,
             event_id,
             result_key: None,
+            master_key: None,
         });
     }
     let stored = match &state.images {
@@ -156,17 +176,25 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
                     .map_err(|e| tracing::warn!("storing an image failed: {e}"))
                     .ok()
             };
-            let (original, mask, result) = tokio::join!(
+            let master = async {
+                match &output.master {
+                    Some(bytes) => put(bytes.clone(), "image/png").await,
+                    None => None,
+                }
+            };
+            let (original, mask, result, master) = tokio::join!(
                 put(req.image.clone(), content_type_of(&req.image)),
                 put(req.mask.clone(), content_type_of(&req.mask)),
                 put(output.bytes.clone(), output.content_type),
+                master,
             );
-            Some((original, mask, result))
+            Some((original, mask, result, master))
         }
         None => None,
     };
-    if let (Some(owners), Some(user), Some((o, m, r))) = (&state.owners, &user_id, &stored) {
-        let keys: Vec<&str> = [o, m, r]
+    if let (Some(owners), Some(user), Some((o, m, r, master))) = (&state.owners, &user_id, &stored)
+    {
+        let keys: Vec<&str> = [o, m, r, master]
             .into_iter()
             .flatten()
             .map(|s| s.key.as_str())
@@ -178,10 +206,19 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
     let uri = |s: &Option<StoredImage>| s.as_ref().map(|s| s.uri.clone());
     let result_key = stored
         .as_ref()
-        .and_then(|(_, _, r)| r.as_ref().map(|r| r.key.clone()));
+        .and_then(|(_, _, r, _)| r.as_ref().map(|r| r.key.clone()));
+    let master_key = match &stored {
+        Some((_, _, _, Some(master))) => Some(master.key.clone()),
+        // Only a lossy result has a master of its own.
+        _ if output.master.is_none() => result_key.clone(),
+        _ => None,
+    };
     if let Some(sink) = &state.history {
-        if let Some((o, m, r)) = &stored {
+        if let Some((o, m, r, _)) = &stored {
             event = event.with_images(uri(o), uri(m), uri(r));
+        }
+        if let Some(parent) = parent {
+            event = event.with_parent(parent);
         }
         event = event
             .with_dimensions(output.width, output.height)
@@ -203,7 +240,28 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
         output,
         event_id,
         result_key,
+        master_key,
     })
+}
+
+/// `parent_event_id` checked: an event of this user's in a history that can be read back.
+async fn check_parent(state: &AppState, id: Uuid, user: Option<&str>) -> Result<Uuid, AppError> {
+    let sink = state
+        .history
+        .as_ref()
+        .filter(|h| h.can_query())
+        .ok_or_else(|| {
+            AppError::bad_request(
+                "parent_unverifiable",
+                "parent_event_id needs a history this server can read (--history sqlite or \
+                 mysql); leave it out",
+            )
+        })?;
+    let parent = sink.get(id).await.map_err(AppError::internal)?;
+    match parent {
+        Some(ev) if ev.user_id == user.unwrap_or(ANONYMOUS) => Ok(id),
+        _ => Err(AppError::UnknownParent(id.to_string())),
+    }
 }
 
 /// The model a request names; another user's fine-tuned model is as unknown as one that does

@@ -831,3 +831,148 @@ async fn mask_grow_widens_or_narrows_the_filled_area() {
     let out = decode(&r.bytes().await.unwrap());
     assert!(changed(&out, 18, 24));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_comes_back_in_its_format_with_its_profile_and_without_gps() {
+    let s = start(&[]).await;
+    let jpeg = p3_jpeg_with_exif(64, 48);
+    let mask = png(rect_mask(64, 48, (20, 16, 36, 32)));
+    assert!(exif_has_gps(&jpeg), "the fixture has GPS");
+
+    let r = s.inpaint(form(jpeg.clone(), mask.clone())).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    let out = r.bytes().await.unwrap();
+    assert_eq!(
+        jpeg_icc(&out),
+        Some(display_p3_icc()),
+        "ICC copied verbatim"
+    );
+    let fields = exif_fields(&out);
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(t, _)| t == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(field("Make").as_deref(), Some("\"TestCam\""));
+    assert_eq!(field("DateTime").as_deref(), Some("2026-12-05 10:00:00"));
+    assert!(!exif_has_gps(&out), "GPS removed by default: {fields:?}");
+
+    let r = s
+        .inpaint(form(jpeg.clone(), mask.clone()).text("keep_gps", "true"))
+        .await;
+    let out = r.bytes().await.unwrap();
+    assert!(exif_has_gps(&out), "keep_gps=true keeps it");
+
+    // `format` still overrides, and a PNG carries the same profile and EXIF.
+    let r = s
+        .inpaint(form(jpeg.clone(), mask.clone()).text("format", "png"))
+        .await;
+    assert_eq!(r.headers()["content-type"], "image/png");
+    let out = r.bytes().await.unwrap();
+    assert_eq!(jpeg_icc(&out), Some(display_p3_icc()));
+    assert!(!exif_has_gps(&out) && !exif_fields(&out).is_empty());
+
+    // PNG in, PNG out; WebP in, PNG out (no lossy WebP encoder is linked).
+    let (img, mask) = small_pair();
+    let r = s.inpaint(form(img, mask.clone())).await;
+    assert_eq!(r.headers()["content-type"], "image/png");
+    let webp = encode(picture(64, 48), ImageFormat::WebP);
+    let r = s.inpaint(form(webp, mask)).await;
+    assert_eq!(r.headers()["content-type"], "image/png");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_continues_from_the_lossless_master_and_names_its_parent() {
+    let s = start(&[]).await;
+    let jpeg = p3_jpeg_with_exif(64, 48);
+    let mask1 = png(rect_mask(64, 48, (4, 4, 12, 12)));
+    let mask2 = png(rect_mask(64, 48, (40, 30, 50, 40)));
+    let r = s.inpaint(form(jpeg, mask1).text("user_id", "ann")).await;
+    assert_eq!(r.status(), 200);
+    let first = r.headers()["x-event-id"].to_str().unwrap().to_owned();
+    let result_url = r.headers()["x-result-url"].to_str().unwrap().to_owned();
+    let master_url = r.headers()["x-master-url"].to_str().unwrap().to_owned();
+    assert!(result_url.ends_with(".jpg") && master_url.ends_with(".png"));
+    assert_eq!(
+        r.bytes().await.unwrap(),
+        s.get(&result_url).await.bytes().await.unwrap()
+    );
+    let master = s.get(&master_url).await.bytes().await.unwrap().to_vec();
+    assert_eq!(
+        jpeg_icc(&master),
+        Some(display_p3_icc()),
+        "the master keeps the profile"
+    );
+
+    // The next edit sends the master and names its parent; the download stays a JPEG.
+    let next = |user: &str, parent: &str| {
+        form(master.clone(), mask2.clone())
+            .text("user_id", user.to_owned())
+            .text("parent_event_id", parent.to_owned())
+            .text("format", "jpeg")
+    };
+    let r = s.inpaint(next("ann", &first)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    let second = r.headers()["x-event-id"].to_str().unwrap().to_owned();
+    // Outside both holes the master's pixels come through the second edit unchanged.
+    let again = s
+        .inpaint(
+            form(master.clone(), mask2.clone())
+                .text("user_id", "ann")
+                .text("parent_event_id", first.clone()),
+        )
+        .await;
+    assert_eq!(again.headers()["content-type"], "image/png");
+    let again = decode(&again.bytes().await.unwrap());
+    let m = decode(&master);
+    assert_eq!(again.get_pixel(30, 5), m.get_pixel(30, 5));
+
+    let history: serde_json::Value = s
+        .get("/api/v1/history?user_id=ann")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let events = history["events"].as_array().unwrap();
+    let by_id = |id: &str| events.iter().find(|e| e["event_id"] == id).unwrap();
+    assert_eq!(by_id(&second)["parent_event_id"], first.as_str());
+    assert!(by_id(&first).get("parent_event_id").is_none());
+
+    // Someone else's event is no parent of yours, and a parent must be an event id.
+    let r = s.inpaint(next("bob", &first)).await;
+    assert_eq!(error_code(r).await, (404, "unknown_parent".into()));
+    let r = s.inpaint(next("ann", "not-a-uuid")).await;
+    assert_eq!(error_code(r).await, (400, "bad_argument".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_may_pick_its_ensemble_and_metrics_time_each() {
+    // The shipped model: the tiny random one fills alike whichever way a photo is flipped.
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default.safetensors");
+    let s = start(&["--ensemble", "flips", "--model", model]).await;
+    let (img, mask) = small_pair();
+    let fill = |ensemble: Option<&str>| {
+        let mut f = form(img.clone(), mask.clone());
+        if let Some(e) = ensemble {
+            f = f.text("ensemble", e.to_owned());
+        }
+        s.inpaint(f)
+    };
+    let single = fill(Some("single")).await;
+    assert_eq!(single.headers()["x-ensemble"], "single");
+    let single = single.bytes().await.unwrap();
+    let flips = fill(None).await;
+    assert_eq!(flips.headers()["x-ensemble"], "flips");
+    assert_ne!(single, flips.bytes().await.unwrap(), "a different fill");
+    assert_eq!(fill(Some("mirror")).await.headers()["x-ensemble"], "mirror");
+    let text = s.metrics().await;
+    for e in ["single", "mirror", "flips"] {
+        let series = format!("inference_ensemble_duration_seconds_count{{ensemble=\"{e}\"}}");
+        assert_eq!(metric(&text, &series), 1.0, "{e}");
+    }
+    let r = fill(Some("many")).await;
+    assert_eq!(error_code(r).await, (400, "bad_argument".into()));
+}

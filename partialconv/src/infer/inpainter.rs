@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use image::{imageops, DynamicImage, GenericImageView, RgbImage, RgbaImage};
 use ndarray::{Array3, ArrayView3};
@@ -118,20 +119,29 @@ pub fn choose(width: u32, height: u32, hole_boxes: &[Rect], working_side: u32) -
 }
 
 /// Runs a [`Model`] on images.
-#[derive(Debug)]
+///
+/// Cloning is cheap: clones share the weights, so a clone with another
+/// [`with_ensemble`](Self::with_ensemble) or [`with_blend`](Self::with_blend) serves a
+/// request that asks for it without a second copy of the model.
+#[derive(Debug, Clone)]
 pub struct Inpainter {
-    model: Model,
+    model: Arc<Weights>,
     blend: Blend,
     ensemble: SelfEnsemble,
 }
 
+/// The model that an [`Inpainter`] and its clones share, read-only.
+#[derive(Debug)]
+struct Weights(Model);
+
 // SAFETY: `tch::Tensor` is not `Sync` because a tensor handle can be mutated through `&self`
-// by libtorch calls in general. An `Inpainter` only ever runs inference: `forward_t(..,
+// by libtorch calls in general. The weights are only ever used for inference: `forward_t(..,
 // false)` inside `no_grad`, which reads the weights and batch-norm statistics and writes
 // nothing but fresh output tensors, and libtorch's reads of shared tensors are thread-safe.
-// No method of `Inpainter` hands out the model's tensors, so concurrent `predict` calls
-// from several threads (the server's workers, Python threads) never race.
-unsafe impl Sync for Inpainter {}
+// `Weights` is private and no method of `Inpainter` hands out its tensors, so concurrent
+// `predict` calls from several threads or clones (the server's workers, Python threads)
+// never race.
+unsafe impl Sync for Weights {}
 
 impl Inpainter {
     /// Wraps a loaded model, with batch norm folded into the convolutions for inference.
@@ -139,7 +149,7 @@ impl Inpainter {
         // The weights never change from here on.
         model.net.absorb_bn();
         Self {
-            model,
+            model: Arc::new(Weights(model)),
             blend: Blend::default(),
             ensemble: SelfEnsemble::default(),
         }
@@ -174,19 +184,19 @@ impl Inpainter {
         Ok(Self::new(load_model(path, device)?))
     }
 
-    /// The model's header. (The weights stay private: see the `Sync` impl above.)
+    /// The model's header. (The weights stay private: see the `Sync` impl of `Weights`.)
     pub fn meta(&self) -> &crate::model::ModelMeta {
-        &self.model.meta
+        &self.model.0.meta
     }
 
     /// Trainable weights of the network, for reports.
     pub fn parameter_count(&self) -> usize {
-        self.model.parameter_count()
+        self.model.0.parameter_count()
     }
 
     /// Where the network runs.
     pub fn device(&self) -> Device {
-        self.model.vs.device()
+        self.model.0.vs.device()
     }
 
     /// What `auto` resolves to for this image and mask.
@@ -202,7 +212,7 @@ impl Inpainter {
                 width,
                 height,
                 &mask.component_boxes(),
-                working_side(self.model.meta.train_size),
+                working_side(self.model.0.meta.train_size),
             ),
             s => s,
         }
@@ -281,7 +291,7 @@ impl Inpainter {
     /// The network's raw prediction for same-size images at native resolution (no composite),
     /// averaged over the views of [`Inpainter::with_ensemble`].
     pub fn fill_native(&self, images: &[&RgbImage], masks: &[&HoleMask]) -> Result<Vec<RgbImage>> {
-        self.model.fill_native_with(images, masks, self.ensemble)
+        self.model.0.fill_native_with(images, masks, self.ensemble)
     }
 
     /// The photo with `filled`'s hole pixels, by this inpainter's [`Blend`].
@@ -315,7 +325,7 @@ impl Inpainter {
 
     fn fill_crops(&self, rgb: &RgbImage, mask: &HoleMask) -> Result<RgbImage> {
         let (w, h) = rgb.dimensions();
-        let side = working_side(self.model.meta.train_size);
+        let side = working_side(self.model.0.meta.train_size);
         let mut out = rgb.clone();
         for r in crop_regions(w, h, &mask.component_boxes()) {
             let crop = imageops::crop_imm(rgb, r.x0, r.y0, r.width(), r.height()).to_image();

@@ -5,9 +5,9 @@
 //!   bounded by `queue × max upload` whatever the load.
 //! - A [`Ticket`] dropped before its job starts (the client went away, or the request timed
 //!   out) takes the job out of the queue.
-//! - A worker takes the oldest job plus every queued job of the same shape, strategy and
-//!   model (up to `batch_max`, optionally waiting `batch_window` for more) and runs them as
-//!   one batch.
+//! - A worker takes the oldest job plus every queued job of the same shape, strategy,
+//!   model and self-ensemble (up to `batch_max`, optionally waiting `batch_window` for
+//!   more) and runs them as one batch.
 //! - Fine-tuned models come from the [`ModelRegistry`], loaded by the worker that first
 //!   needs one.
 //! - Jobs carry the encoded bytes: decoding and encoding run on the workers too, so the async
@@ -45,6 +45,14 @@ pub struct JobInput {
     pub mask_grow: i32,
     /// How to encode the result.
     pub format: OutputFormat,
+    /// The self-ensemble of this request; `None`: the server's (`--ensemble`).
+    pub ensemble: Option<SelfEnsemble>,
+    /// Keep the photo's GPS position in the result's EXIF (removed by default).
+    pub keep_gps: bool,
+    /// Also return a lossless PNG master when `format` is lossy, for further edits.
+    pub master: bool,
+    /// The event this edit continues from: unused by the pool, passed on to a model tier.
+    pub parent_event_id: Option<uuid::Uuid>,
     /// Image size from the header, used to group same-shape jobs.
     pub dimensions: (u32, u32),
     /// Which model runs it; only jobs for the same model share a batch.
@@ -61,6 +69,10 @@ pub struct JobOutput {
     pub bytes: Bytes,
     /// Its content type.
     pub content_type: &'static str,
+    /// The lossless PNG master, when asked for and `bytes` is lossy.
+    pub master: Option<Bytes>,
+    /// The self-ensemble that filled it.
+    pub ensemble: SelfEnsemble,
     /// Result width, in pixels.
     pub width: u32,
     /// Result height, in pixels.
@@ -88,7 +100,7 @@ pub struct ModelInfo {
     pub model_version: String,
     /// Device the model runs on, e.g. `cpu`.
     pub device: String,
-    /// The self-ensemble every fill uses (`--ensemble`).
+    /// The self-ensemble of fills whose request names none (`--ensemble`).
     pub ensemble: String,
     /// The model's metadata (configuration and training).
     pub config: serde_json::Value,
@@ -105,7 +117,7 @@ type Reply = oneshot::Sender<Result<JobOutput, PoolError>>;
 
 struct Job {
     id: u64,
-    key: (u32, u32, Strategy, ModelKey),
+    key: (u32, u32, Strategy, ModelKey, SelfEnsemble),
     input: JobInput,
     reply: Reply,
 }
@@ -117,7 +129,7 @@ pub struct PoolSettings {
     pub model: Option<PathBuf>,
     /// Device the model runs on.
     pub device: tch::Device,
-    /// Flipped views each fill averages.
+    /// Flipped views each fill averages, unless its request names others.
     pub ensemble: SelfEnsemble,
     /// Worker threads (at least one).
     pub workers: usize,
@@ -193,9 +205,10 @@ impl Pool {
                 return Err(PoolError::Overloaded);
             }
             let (w, h) = input.dimensions;
+            let ensemble = input.ensemble.unwrap_or(self.shared.settings.ensemble);
             q.push_back(Job {
                 id,
-                key: (w, h, input.strategy, input.model),
+                key: (w, h, input.strategy, input.model, ensemble),
                 input,
                 reply: tx,
             });

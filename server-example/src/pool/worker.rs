@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use image::{DynamicImage, GenericImageView};
+use partialconv::imaging::metadata::Metadata;
 use partialconv::{io::decode_image, HoleMask, Inpainter, ModelSource};
 
 use super::{Job, JobInput, JobOutput, LoadState, ModelInfo, PoolError, Shared};
-use crate::codec::encode;
+use crate::codec::{encode, OutputFormat};
 use crate::models::{ModelError, ModelKey};
 use crate::threads::pin_intra_op_threads;
 
@@ -146,8 +147,17 @@ fn decode(
     Ok((image, mask))
 }
 
-fn run_batch(inpainter: &Inpainter, jobs: Vec<Job>, shared: &Shared) {
+fn run_batch(default: &Inpainter, jobs: Vec<Job>, shared: &Shared) {
     let metrics = &shared.metrics;
+    // A request may ask for another self-ensemble; a clone shares the weights.
+    let ensemble = jobs[0].key.4;
+    let other;
+    let inpainter = if ensemble == default.ensemble() {
+        default
+    } else {
+        other = default.clone().with_ensemble(ensemble);
+        &other
+    };
     let started = Instant::now();
     let mut items = Vec::with_capacity(jobs.len());
     let mut live = Vec::with_capacity(jobs.len());
@@ -200,24 +210,25 @@ fn run_batch(inpainter: &Inpainter, jobs: Vec<Job>, shared: &Shared) {
             for (((job, out), (_, mask)), strategy) in
                 live.into_iter().zip(outputs).zip(&items).zip(resolved)
             {
+                metrics.record_ensemble(ensemble.name(), inference_ms / 1000.0);
                 let t = Instant::now();
-                let reply = encode(&out, job.input.format)
-                    .map_err(PoolError::internal)
-                    .map(|bytes| {
-                        let (width, height) = out.dimensions();
-                        JobOutput {
-                            bytes: bytes.into(),
-                            content_type: job.input.format.content_type(),
-                            width,
-                            height,
-                            hole_ratio: mask.hole_ratio(),
-                            strategy,
-                            inference_ms,
-                            decode_ms,
-                            encode_ms: ms(t),
-                            batch_size,
-                        }
-                    });
+                let reply = encode_result(&job.input, &out).map(|(bytes, master)| {
+                    let (width, height) = out.dimensions();
+                    JobOutput {
+                        bytes,
+                        content_type: job.input.format.content_type(),
+                        master,
+                        ensemble,
+                        width,
+                        height,
+                        hole_ratio: mask.hole_ratio(),
+                        strategy,
+                        inference_ms,
+                        decode_ms,
+                        encode_ms: ms(t),
+                        batch_size,
+                    }
+                });
                 let _ = job.reply.send(reply);
             }
         }
@@ -235,4 +246,27 @@ fn run_batch(inpainter: &Inpainter, jobs: Vec<Job>, shared: &Shared) {
             }
         }
     }
+}
+
+/// The result in the request's format and, when that is lossy and a master was asked for,
+/// as a lossless PNG too; both carry the photo's ICC profile and EXIF.
+fn encode_result(
+    input: &JobInput,
+    out: &DynamicImage,
+) -> Result<(bytes::Bytes, Option<bytes::Bytes>), PoolError> {
+    // Unreadable metadata costs the metadata, not the result.
+    let metadata = Metadata::read(&input.image)
+        .unwrap_or_default()
+        .for_upright_output(input.keep_gps);
+    let bytes = encode(out, input.format, &metadata).map_err(PoolError::internal)?;
+    let master = if input.master && input.format.is_lossy() {
+        Some(
+            encode(out, OutputFormat::Png, &metadata)
+                .map_err(PoolError::internal)?
+                .into(),
+        )
+    } else {
+        None
+    };
+    Ok((bytes.into(), master))
 }

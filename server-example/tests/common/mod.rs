@@ -243,3 +243,216 @@ pub fn small_pair() -> (Vec<u8>, Vec<u8>) {
 pub fn decode(bytes: &[u8]) -> RgbImage {
     image::load_from_memory(bytes).unwrap().to_rgb8()
 }
+
+/// A Display P3 ICC profile (v4, matrix/TRC, D50-adapted primaries and the sRGB curve),
+/// built here so that no profile file has to be vendored. Only its bytes matter to the
+/// server, which copies them through; Chromium renders with it.
+pub fn display_p3_icc() -> Vec<u8> {
+    fn s15(v: f64) -> [u8; 4] {
+        ((v * 65536.0).round() as i32).to_be_bytes()
+    }
+    fn xyz(x: f64, y: f64, z: f64) -> Vec<u8> {
+        let mut t = b"XYZ \0\0\0\0".to_vec();
+        for v in [x, y, z] {
+            t.extend_from_slice(&s15(v));
+        }
+        t
+    }
+    fn mluc(text: &str) -> Vec<u8> {
+        let utf16: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        let mut t = b"mluc\0\0\0\0".to_vec();
+        t.extend_from_slice(&1u32.to_be_bytes());
+        t.extend_from_slice(&12u32.to_be_bytes());
+        t.extend_from_slice(b"enUS");
+        t.extend_from_slice(&(utf16.len() as u32).to_be_bytes());
+        t.extend_from_slice(&28u32.to_be_bytes());
+        t.extend_from_slice(&utf16);
+        t
+    }
+    // The sRGB transfer function as a parametric curve (type 3).
+    let mut para = b"para\0\0\0\0\0\x03\0\0".to_vec();
+    for v in [2.4, 1.0 / 1.055, 0.055 / 1.055, 1.0 / 12.92, 0.04045] {
+        para.extend_from_slice(&s15(v));
+    }
+    let mut chad = b"sf32\0\0\0\0".to_vec();
+    for v in [
+        1.0479, 0.0229, -0.0502, 0.0296, 0.9904, -0.0171, -0.0092, 0.0151, 0.7519,
+    ] {
+        chad.extend_from_slice(&s15(v));
+    }
+    let tags: Vec<(&[u8; 4], Vec<u8>)> = vec![
+        (b"desc", mluc("Display P3")),
+        (b"cprt", mluc("No copyright, use freely")),
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        (b"rXYZ", xyz(0.5151, 0.2412, -0.0011)),
+        (b"gXYZ", xyz(0.2920, 0.6922, 0.0419)),
+        (b"bXYZ", xyz(0.1571, 0.0666, 0.7841)),
+        (b"rTRC", para.clone()),
+        (b"gTRC", para.clone()),
+        (b"bTRC", para),
+        (b"chad", chad),
+    ];
+    let table_len = 4 + 12 * tags.len();
+    let mut data = Vec::new();
+    let mut table = (tags.len() as u32).to_be_bytes().to_vec();
+    for (sig, body) in &tags {
+        while data.len() % 4 != 0 {
+            data.push(0);
+        }
+        let offset = 128 + table_len + data.len();
+        table.extend_from_slice(*sig);
+        table.extend_from_slice(&(offset as u32).to_be_bytes());
+        table.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        data.extend_from_slice(body);
+    }
+    let size = 128 + table_len + data.len();
+    let mut h = Vec::with_capacity(size);
+    h.extend_from_slice(&(size as u32).to_be_bytes());
+    h.extend_from_slice(b"\0\0\0\0"); // preferred CMM
+    h.extend_from_slice(&[4, 0x30, 0, 0]); // version 4.3
+    h.extend_from_slice(b"mntrRGB XYZ ");
+    h.extend_from_slice(&[0x07, 0xea, 0, 12, 0, 5, 0, 0, 0, 0, 0, 0]); // 2026-12-05
+    h.extend_from_slice(b"acsp");
+    h.extend_from_slice(&[0; 4 + 4 + 4 + 4 + 8 + 4]); // platform … rendering intent
+    for v in [0.9642, 1.0, 0.8249] {
+        h.extend_from_slice(&s15(v)); // PCS illuminant, D50
+    }
+    h.extend_from_slice(&[0; 4 + 16 + 28]); // creator, profile id, reserved
+    assert_eq!(h.len(), 128);
+    h.extend_from_slice(&table);
+    h.extend_from_slice(&data);
+    h
+}
+
+/// A little-endian TIFF (EXIF block) with Make, Model, DateTime, Orientation 1 and a GPS
+/// directory holding a latitude and longitude.
+pub fn exif_with_gps() -> Vec<u8> {
+    struct Entry {
+        tag: u16,
+        ty: u16,
+        count: u32,
+        data: Vec<u8>,
+    }
+    let ascii = |tag, s: &str| {
+        let mut data = s.as_bytes().to_vec();
+        data.push(0);
+        Entry {
+            tag,
+            ty: 2,
+            count: data.len() as u32,
+            data,
+        }
+    };
+    let rationals = |tag, v: [(u32, u32); 3]| Entry {
+        tag,
+        ty: 5,
+        count: 3,
+        data: v
+            .iter()
+            .flat_map(|(n, d)| [n.to_le_bytes(), d.to_le_bytes()].concat())
+            .collect(),
+    };
+    // Writes one IFD at `at`, its long values right after it; returns the bytes.
+    fn ifd(at: u32, entries: &[Entry]) -> Vec<u8> {
+        let mut head = (entries.len() as u16).to_le_bytes().to_vec();
+        let mut tail = Vec::new();
+        let values_at = at + 2 + 12 * entries.len() as u32 + 4;
+        for e in entries {
+            head.extend_from_slice(&e.tag.to_le_bytes());
+            head.extend_from_slice(&e.ty.to_le_bytes());
+            head.extend_from_slice(&e.count.to_le_bytes());
+            if e.data.len() <= 4 {
+                let mut v = e.data.clone();
+                v.resize(4, 0);
+                head.extend_from_slice(&v);
+            } else {
+                head.extend_from_slice(&(values_at + tail.len() as u32).to_le_bytes());
+                tail.extend_from_slice(&e.data);
+                if tail.len() % 2 == 1 {
+                    tail.push(0);
+                }
+            }
+        }
+        head.extend_from_slice(&0u32.to_le_bytes());
+        head.extend_from_slice(&tail);
+        head
+    }
+    let gps = [
+        ascii(0x0001, "N"),
+        rationals(0x0002, [(52, 1), (31, 1), (1234, 100)]),
+        ascii(0x0003, "E"),
+        rationals(0x0004, [(13, 1), (24, 1), (5678, 100)]),
+    ];
+    let ifd0_len = |gps_at: u32| {
+        ifd(
+            8,
+            &[
+                ascii(0x010f, "TestCam"),
+                ascii(0x0110, "P3 Phone"),
+                Entry {
+                    tag: 0x0112,
+                    ty: 3,
+                    count: 1,
+                    data: 1u16.to_le_bytes().to_vec(),
+                },
+                ascii(0x0132, "2026:12:05 10:00:00"),
+                Entry {
+                    tag: 0x8825,
+                    ty: 4,
+                    count: 1,
+                    data: gps_at.to_le_bytes().to_vec(),
+                },
+            ],
+        )
+    };
+    let gps_at = 8 + ifd0_len(0).len() as u32;
+    let mut tiff = b"II*\0\x08\0\0\0".to_vec();
+    tiff.extend_from_slice(&ifd0_len(gps_at));
+    tiff.extend_from_slice(&ifd(gps_at, &gps));
+    tiff
+}
+
+/// A `w`×`h` JPEG with [`display_p3_icc`] and [`exif_with_gps`], as a phone writes it.
+pub fn p3_jpeg_with_exif(w: u32, h: u32) -> Vec<u8> {
+    use image::ImageEncoder;
+    let mut buf = Vec::new();
+    let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90);
+    enc.set_icc_profile(display_p3_icc()).unwrap();
+    enc.set_exif_metadata(exif_with_gps()).unwrap();
+    let img = picture(w, h);
+    enc.write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    buf
+}
+
+/// The ICC profile of an encoded JPEG or PNG, as the `image` crate reads it.
+pub fn jpeg_icc(bytes: &[u8]) -> Option<Vec<u8>> {
+    use image::ImageDecoder;
+    let mut dec = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .unwrap()
+        .into_decoder()
+        .unwrap();
+    dec.icc_profile().unwrap()
+}
+
+/// EXIF fields of an encoded image as (tag name, value) pairs, read by kamadak-exif.
+pub fn exif_fields(bytes: &[u8]) -> Vec<(String, String)> {
+    match exif::Reader::new().read_from_container(&mut Cursor::new(bytes)) {
+        Ok(e) => e
+            .fields()
+            .map(|f| (f.tag.to_string(), f.display_value().to_string()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Whether an encoded image's EXIF has any GPS field (or a GPS directory pointer).
+pub fn exif_has_gps(bytes: &[u8]) -> bool {
+    match exif::Reader::new().read_from_container(&mut Cursor::new(bytes)) {
+        Ok(e) => e.fields().any(|f| {
+            f.tag.context() == exif::Context::Gps || f.tag == exif::Tag::GPSInfoIFDPointer
+        }),
+        Err(_) => false,
+    }
+}
