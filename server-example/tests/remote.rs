@@ -134,3 +134,72 @@ async fn a_web_tier_signs_in_to_its_model_tier_with_a_service_token() {
     let r = act_for(&user).await.unwrap();
     assert_eq!(error_code(r).await, (403, "forbidden".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_new_fields_reach_the_model_tier_and_a_jpeg_gets_its_master() {
+    let model = start(&["--history", "none", "--images", "none"]).await;
+    let web = start(&["--remote-model", &model.url]).await;
+    let jpeg = p3_jpeg_with_exif(64, 48);
+    let mask = png(rect_mask(64, 48, (20, 16, 36, 32)));
+    let r = web
+        .inpaint(
+            form(jpeg.clone(), mask.clone())
+                .text("user_id", "erin")
+                .text("ensemble", "single")
+                .text("keep_gps", "true")
+                .text("mask_grow", "2"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    // The model tier filled it with the ensemble asked for, and the grown mask.
+    assert_eq!(h["x-ensemble"], "single");
+    let ratio: f64 = h["x-hole-ratio"].to_str().unwrap().parse().unwrap();
+    assert!(
+        (ratio - (20.0 * 20.0) / (64.0 * 48.0)).abs() < 0.03,
+        "{ratio}"
+    );
+    // The download is a JPEG made here from the model tier's lossless master.
+    assert_eq!(h["content-type"], "image/jpeg");
+    let out = r.bytes().await.unwrap();
+    assert_eq!(jpeg_icc(&out), Some(display_p3_icc()));
+    assert!(exif_has_gps(&out), "keep_gps passed through");
+    let master = web
+        .get(h["x-master-url"].to_str().unwrap())
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        image::guess_format(&master).unwrap(),
+        image::ImageFormat::Png
+    );
+    assert_eq!(jpeg_icc(&master), Some(display_p3_icc()));
+    let m = model.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "inference_ensemble_duration_seconds_count{ensemble=\"single\"}"
+        ),
+        1.0
+    );
+
+    // A continued edit names its parent; the web tier checks it and passes it on.
+    let first = h["x-event-id"].to_str().unwrap().to_owned();
+    let r = web
+        .inpaint(
+            form(master.to_vec(), mask)
+                .text("user_id", "erin")
+                .text("parent_event_id", first.clone())
+                .text("format", "jpeg"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = web
+        .get("/api/v1/history?user_id=erin")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["events"][0]["parent_event_id"], first.as_str());
+}
