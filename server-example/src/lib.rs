@@ -45,6 +45,9 @@ const EXPOSED: &[&str] = &[
     "x-strategy",
     "x-hole-ratio",
     "x-result-url",
+    "x-master-url",
+    "x-ensemble",
+    "x-parent-event-id",
 ];
 
 /// The page's scripts and styles are files of this origin, never inline; images and results

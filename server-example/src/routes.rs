@@ -175,6 +175,7 @@ async fn inpaint_multipart(
             keep_gps: parse_bool(keep_gps.as_deref(), "keep_gps")?,
             parent_event_id: parse_parent(parent.as_deref())?,
             model,
+            keep_master: true,
             record: !headers.contains_key(NO_HISTORY_HEADER),
         },
     )
@@ -200,6 +201,9 @@ fn image_response(done: &service::Inpainted) -> Response {
     }
     if let Some(key) = &done.master_key {
         extra.push(("x-master-url", format!("/images/{key}")));
+    }
+    if let Some(parent) = done.parent_event_id {
+        extra.push(("x-parent-event-id", parent.to_string()));
     }
     let mut response = (
         [
@@ -307,6 +311,7 @@ async fn inpaint_iopaint(
             keep_gps: req.keep_gps,
             parent_event_id: parse_parent(req.parent_event_id.as_deref())?,
             model: req.model,
+            keep_master: false,
             record: !headers.contains_key(NO_HISTORY_HEADER),
         },
     )
@@ -371,6 +376,7 @@ pub async fn reconstruct(
             ensemble: parse_ensemble(req.ensemble.as_deref())?,
             keep_gps: false,
             parent_event_id: None,
+            keep_master: false,
             model: req.model,
             record: true,
         },

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use history_sink::{HistoryEvent, StoredImage};
+use history_sink::{EventKind, HistoryEvent, StoredImage};
 use image::metadata::Orientation;
 use image::{ImageDecoder, ImageReader};
 use partialconv::{SelfEnsemble, Strategy};
@@ -42,6 +42,9 @@ pub struct InpaintRequest {
     pub keep_gps: bool,
     /// The caller's event whose result this request edits further.
     pub parent_event_id: Option<Uuid>,
+    /// Keep a lossless master of a lossy result, for a client that edits further (the
+    /// form's callers); IOPaint's clients and `/reconstruct` never ask for one.
+    pub keep_master: bool,
     /// A model id from `GET /api/v1/models`; `None` for the server's own.
     pub model: Option<String>,
     /// False for calls from a web tier, which records the event itself.
@@ -58,6 +61,8 @@ pub struct Inpainted {
     pub result_key: Option<String>,
     /// Where its lossless master is kept: the result's own key for a PNG.
     pub master_key: Option<String>,
+    /// The parent recorded in the event, when `parent_event_id` was one of the caller's.
+    pub parent_event_id: Option<Uuid>,
 }
 
 /// Image size from the header alone (EXIF rotation applied), so that bad input, decompression
@@ -130,7 +135,7 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
     let model = resolve_model(state, req.model.as_deref(), req.scope.as_deref())?;
     let parent = match req.parent_event_id {
         // A web tier has checked the parent before calling its model tier.
-        Some(id) if req.record => Some(check_parent(state, id, user_id.as_deref()).await?),
+        Some(id) if req.record => check_parent(state, id, user_id.as_deref()).await?,
         other => other,
     };
     let input = JobInput {
@@ -143,7 +148,7 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
             .unwrap_or_else(|| OutputFormat::of_input(&req.image)),
         ensemble: req.ensemble,
         keep_gps: req.keep_gps,
-        master: req.record && state.images.is_some(),
+        master: req.keep_master && req.record && state.images.is_some(),
         parent_event_id: parent,
         dimensions,
         model,
@@ -165,6 +170,7 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
             event_id,
             result_key: None,
             master_key: None,
+            parent_event_id: parent,
         });
     }
     let stored = match &state.images {
@@ -209,8 +215,8 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
         .and_then(|(_, _, r, _)| r.as_ref().map(|r| r.key.clone()));
     let master_key = match &stored {
         Some((_, _, _, Some(master))) => Some(master.key.clone()),
-        // Only a lossy result has a master of its own.
-        _ if output.master.is_none() => result_key.clone(),
+        // A PNG is its own master.
+        _ if output.content_type == OutputFormat::Png.content_type() => result_key.clone(),
         _ => None,
     };
     if let Some(sink) = &state.history {
@@ -241,26 +247,35 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
         event_id,
         result_key,
         master_key,
+        parent_event_id: parent,
     })
 }
 
-/// `parent_event_id` checked: an event of this user's in a history that can be read back.
-async fn check_parent(state: &AppState, id: Uuid, user: Option<&str>) -> Result<Uuid, AppError> {
-    let sink = state
-        .history
-        .as_ref()
-        .filter(|h| h.can_query())
-        .ok_or_else(|| {
-            AppError::bad_request(
-                "parent_unverifiable",
-                "parent_event_id needs a history this server can read (--history sqlite or \
-                 mysql); leave it out",
-            )
-        })?;
-    let parent = sink.get(id).await.map_err(AppError::internal)?;
-    match parent {
-        Some(ev) if ev.user_id == user.unwrap_or(ANONYMOUS) => Ok(id),
-        _ => Err(AppError::UnknownParent(id.to_string())),
+/// The parent to record for `parent_event_id`: the id, when it is one of the caller's
+/// inpainting events. Another user's event is as unknown as a missing one (404), so ids
+/// cannot be probed. When the history cannot answer (none kept, Kafka only, the database
+/// down) the edit goes on without the link: the photo matters more than its lineage, and an
+/// unchecked link is never recorded.
+async fn check_parent(
+    state: &AppState,
+    id: Uuid,
+    user: Option<&str>,
+) -> Result<Option<Uuid>, AppError> {
+    let Some(sink) = state.history.as_ref().filter(|h| h.can_query()) else {
+        tracing::info!(%id, "parent_event_id not recorded: this server's history cannot be read");
+        return Ok(None);
+    };
+    match sink.get(id).await {
+        Ok(Some(ev))
+            if ev.user_id == user.unwrap_or(ANONYMOUS) && ev.kind == EventKind::Inpaint =>
+        {
+            Ok(Some(id))
+        }
+        Ok(_) => Err(AppError::UnknownParent(id.to_string())),
+        Err(e) => {
+            tracing::warn!(%id, "parent_event_id not recorded: reading the history failed: {e}");
+            Ok(None)
+        }
     }
 }
 

@@ -914,6 +914,9 @@
     }
     if (e.result) URL.revokeObjectURL(e.result.url);
     e.result = r;
+    // Strokes undone before Go are not in this result: redoing them would show a mask the
+    // result was not made from.
+    e.undone = [];
     dropLaterEdits();
     showChainResult();
     updateButtons();
@@ -935,42 +938,55 @@
     if (userId) form.append('user_id', userId);
     if ($('model').value !== 'default') form.append('model', $('model').value);
     const parent = index > 0 ? state.chain[index - 1].result : null;
-    // A server that cannot read its history cannot check a parent, and refuses one.
+    // A server that cannot read its history cannot check a parent, and records none.
     if (parent && parent.eventId && historyReadable) form.append('parent_event_id', parent.eventId);
     appendSettings(form, index);
-    const xhr = new XMLHttpRequest();
-    xhr.open('POST', '/api/v1/inpaint');
-    xhr.responseType = 'blob';
-    xhr.upload.onprogress = (ev) => {
-      if (ev.lengthComputable) progress.value = ev.loaded / ev.total;
+    const send = () => {
+      const xhr = new XMLHttpRequest();
+      xhr.open('POST', '/api/v1/inpaint');
+      xhr.responseType = 'blob';
+      xhr.upload.onprogress = (ev) => {
+        if (ev.lengthComputable) progress.value = ev.loaded / ev.total;
+      };
+      xhr.upload.onload = () => {
+        progress.removeAttribute('value'); // indeterminate while the model runs
+        setStatus('Inpainting…', 'busy');
+      };
+      const done = () => {
+        state.busy = false;
+        progress.hidden = true;
+        updateButtons();
+      };
+      xhr.onload = async () => {
+        done();
+        if (xhr.status === 200) {
+          setResult(e, resultOf(xhr));
+          setStatus('Done.');
+          loadHistory();
+          if (!$('settings').hidden) loadMetrics();
+        } else {
+          const retry = xhr.getResponseHeader('Retry-After');
+          const why = await errorText(xhr.response, xhr.status);
+          if (xhr.status === 404 && form.has('parent_event_id') && why.endsWith('(unknown_parent)')) {
+            // The previous result's event is not in the history (it was deleted, or never
+            // recorded): the edit goes on without the link rather than failing.
+            form.delete('parent_event_id');
+            state.busy = true;
+            progress.hidden = false;
+            updateButtons();
+            send();
+            return;
+          }
+          setStatus(retry ? `${why} Retry in ${retry} s.` : why, 'error');
+        }
+      };
+      xhr.onerror = () => {
+        done();
+        setStatus('Network error: the server could not be reached.', 'error');
+      };
+      xhr.send(form);
     };
-    xhr.upload.onload = () => {
-      progress.removeAttribute('value'); // indeterminate while the model runs
-      setStatus('Inpainting…', 'busy');
-    };
-    const done = () => {
-      state.busy = false;
-      progress.hidden = true;
-      updateButtons();
-    };
-    xhr.onload = async () => {
-      done();
-      if (xhr.status === 200) {
-        setResult(e, resultOf(xhr));
-        setStatus('Done.');
-        loadHistory();
-        loadMetrics();
-      } else {
-        const retry = xhr.getResponseHeader('Retry-After');
-        const why = await errorText(xhr.response, xhr.status);
-        setStatus(retry ? `${why} Retry in ${retry} s.` : why, 'error');
-      }
-    };
-    xhr.onerror = () => {
-      done();
-      setStatus('Network error: the server could not be reached.', 'error');
-    };
-    xhr.send(form);
+    send();
   });
 
   // ---- keep editing: the result becomes the next edit's input ----

@@ -765,6 +765,8 @@ async fn iopaints_json_request_gets_the_filled_image() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/jpeg");
+    // IOPaint's clients never edit further: no master is made for them.
+    assert!(r.headers().get("x-master-url").is_none());
     // Bad input is named.
     let r = post(serde_json::json!({"image": "not base64!", "mask": b64(&mask)}))
         .await
@@ -916,6 +918,7 @@ async fn an_edit_continues_from_the_lossless_master_and_names_its_parent() {
     let r = s.inpaint(next("ann", &first)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/jpeg");
+    assert_eq!(r.headers()["x-parent-event-id"], first.as_str());
     let second = r.headers()["x-event-id"].to_str().unwrap().to_owned();
     // Outside both holes the master's pixels come through the second edit unchanged.
     let again = s
@@ -946,6 +949,34 @@ async fn an_edit_continues_from_the_lossless_master_and_names_its_parent() {
     assert_eq!(error_code(r).await, (404, "unknown_parent".into()));
     let r = s.inpaint(next("ann", "not-a-uuid")).await;
     assert_eq!(error_code(r).await, (400, "bad_argument".into()));
+    let r = s
+        .inpaint(next("ann", &uuid::Uuid::now_v7().to_string()))
+        .await;
+    assert_eq!(error_code(r).await, (404, "unknown_parent".into()));
+
+    // A history that cannot be read back cannot check a parent: the edit goes on, unlinked.
+    let blind = start(&["--history", "none"]).await;
+    let r = blind.inpaint(next("ann", &first)).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-parent-event-id").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turned_photo_comes_back_upright_with_orientation_1() {
+    let s = start(&[]).await;
+    // Stored 64×48, shown turned a quarter right: 48×64.
+    let jpeg = jpeg_with_exif(64, 48, exif_oriented(6));
+    let mask = png(rect_mask(48, 64, (10, 20, 30, 40)));
+    let r = s.inpaint(form(jpeg, mask)).await;
+    assert_eq!(r.status(), 200);
+    let out = r.bytes().await.unwrap();
+    assert_eq!(decode(&out).dimensions(), (48, 64));
+    let exif = exif::Reader::new()
+        .read_from_container(&mut std::io::Cursor::new(&out[..]))
+        .unwrap();
+    let orientation = exif.get_field(exif::Tag::Orientation, exif::In::PRIMARY);
+    assert_eq!(orientation.and_then(|f| f.value.get_uint(0)), Some(1));
+    assert!(exif.get_field(exif::Tag::Make, exif::In::PRIMARY).is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

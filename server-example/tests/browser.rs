@@ -586,6 +586,11 @@ async fn assert_jpeg_download(d: &Driver, s: &TestServer, icc: &[u8], what: &str
         "{what}: the colour profile"
     );
     assert!(!exif_has_gps(&bytes), "{what}: the location is still there");
+    // And the rest of EXIF is kept, so the check above is not passing on lost EXIF.
+    assert!(
+        exif_fields(&bytes).iter().any(|(t, _)| t == "Make"),
+        "{what}: the camera's EXIF is gone"
+    );
 }
 
 /// The history event with this id, from the server.
@@ -1368,7 +1373,16 @@ async fn a_jpeg_keeps_its_colour_profile_and_loses_its_location() {
     )
     .await;
     d.drag("#mask", &[(0, -40), (0, 0), (0, 40)]).await;
-    d.go().await;
+    let e2 = d.go().await;
+    // The second edit's input was the lossless master (a PNG), not the first JPEG.
+    let user_id = d
+        .js("return localStorage.getItem('partialconv-user-id')")
+        .await;
+    let ev2 = history_event(&s, user_id.as_str().unwrap(), &e2).await;
+    assert!(
+        ev2["original_url"].as_str().unwrap().ends_with(".png"),
+        "{ev2}"
+    );
     let forms = d.sent_forms().await;
     assert!(forms[0].get("format").is_none(), "{forms:?}");
     assert_eq!(forms[1]["format"], "jpeg", "{forms:?}");

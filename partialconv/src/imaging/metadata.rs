@@ -9,9 +9,20 @@
 
 use std::io::Cursor;
 
-use image::{ImageDecoder, ImageEncoder, ImageReader};
+use image::{ImageDecoder, ImageEncoder, ImageReader, Limits};
 
 use crate::error::{Error, Result};
+
+/// Largest EXIF block kept: what one JPEG APP1 segment holds after its `Exif\0\0` prefix.
+/// Camera EXIF is a few KB plus a thumbnail, well under it.
+pub const MAX_EXIF_BYTES: usize = 65_535 - 2 - 6;
+
+/// Largest ICC profile kept. Display profiles are a few KB, printer profiles a few MB; a
+/// larger "profile" is a decompression bomb in a PNG's `iCCP` more likely than a profile.
+pub const MAX_ICC_BYTES: usize = 4 << 20;
+
+/// What reading the metadata may allocate: bounds the inflation of a PNG's `iCCP` chunk.
+const READ_LIMIT: u64 = 2 * MAX_ICC_BYTES as u64;
 
 /// The ICC profile and EXIF block of a photo, as raw bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,21 +35,24 @@ pub struct Metadata {
 
 impl Metadata {
     /// Reads the metadata of an encoded PNG, JPEG or WebP from its headers, without
-    /// decoding pixels. An image without metadata gives the empty [`Metadata`].
+    /// decoding pixels. An image without metadata gives the empty [`Metadata`]; a profile
+    /// over [`MAX_ICC_BYTES`] or EXIF over [`MAX_EXIF_BYTES`] is left out.
     pub fn read(bytes: &[u8]) -> Result<Self> {
         let bad = |source| Error::Image {
             what: "image metadata".into(),
             source,
         };
-        let mut decoder = ImageReader::new(Cursor::new(bytes))
+        let mut limits = Limits::default();
+        limits.max_alloc = Some(READ_LIMIT);
+        let mut reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
-            .map_err(|e| bad(e.into()))?
-            .into_decoder()
-            .map_err(bad)?;
+            .map_err(|e| bad(e.into()))?;
+        reader.limits(limits);
+        let mut decoder = reader.into_decoder().map_err(bad)?;
         let icc_profile = decoder
             .icc_profile()
             .map_err(bad)?
-            .filter(|p| !p.is_empty());
+            .filter(|p| !p.is_empty() && within(p.len(), MAX_ICC_BYTES, "ICC profile"));
         let exif = decoder
             .exif_metadata()
             .map_err(bad)?
@@ -46,7 +60,7 @@ impl Metadata {
                 Some(tiff) => tiff.to_vec(),
                 None => e,
             })
-            .filter(|e| !e.is_empty());
+            .filter(|e| !e.is_empty() && within(e.len(), MAX_EXIF_BYTES, "EXIF block"));
         Ok(Self { icc_profile, exif })
     }
 
@@ -70,12 +84,24 @@ impl Metadata {
     }
 }
 
+fn within(len: usize, max: usize, what: &str) -> bool {
+    if len > max {
+        tracing::warn!("left out a {len}-byte {what}: the most kept is {max} bytes");
+    }
+    len <= max
+}
+
 /// In-place edits of an EXIF (TIFF) block.
 pub mod exif {
     /// IFD0's orientation tag.
     pub const ORIENTATION: u16 = 0x0112;
     /// IFD0's pointer to the GPS directory.
     pub const GPS_IFD: u16 = 0x8825;
+    /// IFD1's thumbnail: the offset of a JPEG, and its length.
+    const THUMBNAIL: u16 = 0x0201;
+    const THUMBNAIL_LEN: u16 = 0x0202;
+    /// IFD1's thumbnail in strips instead.
+    const STRIP_OFFSETS: u16 = 0x0111;
 
     /// Sizes in bytes of TIFF's field types 1..=13; 0 for unknown types.
     fn type_size(ty: u16) -> usize {
@@ -95,7 +121,7 @@ pub mod exif {
 
     impl Tiff {
         fn u16(&self, at: usize) -> Option<u16> {
-            let b: [u8; 2] = self.bytes.get(at..at + 2)?.try_into().ok()?;
+            let b: [u8; 2] = self.bytes.get(at..at.checked_add(2)?)?.try_into().ok()?;
             Some(if self.little {
                 u16::from_le_bytes(b)
             } else {
@@ -104,7 +130,7 @@ pub mod exif {
         }
 
         fn u32(&self, at: usize) -> Option<u32> {
-            let b: [u8; 4] = self.bytes.get(at..at + 4)?.try_into().ok()?;
+            let b: [u8; 4] = self.bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
             Some(if self.little {
                 u32::from_le_bytes(b)
             } else {
@@ -129,8 +155,23 @@ pub mod exif {
         /// An IFD's entry count and the offset of its first entry, checked to fit.
         fn ifd(&self, offset: usize) -> Option<(usize, usize)> {
             let n = self.u16(offset)? as usize;
-            let end = offset + 2 + 12 * n + 4;
+            let end = offset.checked_add(2 + 12 * n + 4)?;
             (end <= self.bytes.len()).then_some((n, offset + 2))
+        }
+
+        /// The value of `tag` (a SHORT or LONG stored in the entry) in the IFD at `offset`.
+        fn value(&self, offset: usize, tag: u16) -> Option<usize> {
+            let (n, first) = self.ifd(offset)?;
+            (0..n).map(|i| first + 12 * i).find_map(|e| {
+                if self.u16(e)? != tag {
+                    return None;
+                }
+                match self.u16(e + 2)? {
+                    3 => self.u16(e + 8).map(usize::from),
+                    4 => self.u32(e + 8).map(|v| v as usize),
+                    _ => None,
+                }
+            })
         }
 
         /// Zeroes an IFD and every value it stores outside its entries.
@@ -148,9 +189,10 @@ pub mod exif {
         }
     }
 
-    /// `tiff` with the orientation set to 1 (upright) and, unless `keep_gps`, the GPS
-    /// directory erased and its IFD0 entry removed. `None` when the block is not a TIFF
-    /// structure this can edit safely.
+    /// `tiff` with the orientation set to 1 (upright), the thumbnail directory (IFD1) and its
+    /// image erased, since the thumbnail shows the photo before the edit, and, unless
+    /// `keep_gps`, the GPS directory erased and its IFD0 entry removed. `None` when the block
+    /// is not a TIFF structure this can edit safely.
     pub fn edit(tiff: &[u8], keep_gps: bool) -> Option<Vec<u8>> {
         let little = match tiff.get(0..4)? {
             b"II*\0" => true,
@@ -169,9 +211,25 @@ pub mod exif {
             match t.u16(e)? {
                 // A SHORT stored in the entry itself.
                 ORIENTATION if t.u16(e + 2)? == 3 => t.put_u16(e + 8, 1),
+                // Two GPS directories is no EXIF a camera writes; keep neither.
+                GPS_IFD if gps.is_some() => return None,
                 GPS_IFD => gps = Some((i, t.u32(e + 8)? as usize)),
                 _ => {}
             }
+        }
+        let next = first + 12 * n;
+        let ifd1 = t.u32(next)? as usize;
+        if ifd1 != 0 {
+            // A thumbnail in strips rather than one JPEG is rare: drop the block for it.
+            if t.value(ifd1, STRIP_OFFSETS).is_some() {
+                return None;
+            }
+            let thumbnail = t.value(ifd1, THUMBNAIL).zip(t.value(ifd1, THUMBNAIL_LEN));
+            if let Some((at, len)) = thumbnail {
+                t.zero(at, len)?;
+            }
+            t.erase_ifd(ifd1)?;
+            t.bytes[next..next + 4].fill(0);
         }
         if let (Some((i, offset)), false) = (gps, keep_gps) {
             t.erase_ifd(offset)?;
@@ -278,6 +336,50 @@ mod tests {
             };
             assert_eq!(orient, 1);
         }
+    }
+
+    #[test]
+    fn the_thumbnail_of_the_unedited_photo_is_erased() {
+        let mut t = b"II*\0\x08\0\0\0".to_vec();
+        // IFD0 at 8: Make ("Cam\0", in the entry), then IFD1 at 26.
+        t.extend_from_slice(&[1, 0, 0x0f, 0x01, 2, 0, 4, 0, 0, 0]);
+        t.extend_from_slice(b"Cam\0");
+        t.extend_from_slice(&26u32.to_le_bytes());
+        // IFD1 at 26: the thumbnail JPEG at 56, 8 bytes long.
+        t.extend_from_slice(&[2, 0]);
+        t.extend_from_slice(&[0x01, 0x02, 4, 0, 1, 0, 0, 0, 56, 0, 0, 0]);
+        t.extend_from_slice(&[0x02, 0x02, 4, 0, 1, 0, 0, 0, 8, 0, 0, 0]);
+        t.extend_from_slice(&0u32.to_le_bytes());
+        t.extend_from_slice(&[0xff, 0xd8, 1, 2, 3, 4, 0xff, 0xd9]);
+        assert_eq!(t.len(), 64);
+        let out = edit(&t, false).unwrap();
+        assert_eq!(&out[18..22], b"Cam\0", "IFD0 kept");
+        assert_eq!(&out[22..26], &[0; 4], "no next IFD");
+        assert!(
+            out[26..].iter().all(|&b| b == 0),
+            "IFD1 and the thumbnail zeroed"
+        );
+    }
+
+    #[test]
+    fn oversized_metadata_is_left_out() {
+        use image::ImageEncoder;
+        let png = |icc: usize, exif: usize| {
+            let mut buf = Vec::new();
+            let mut enc = image::codecs::png::PngEncoder::new(&mut buf);
+            let mut tiff = b"II*\0\x08\0\0\0\0\0\0\0\0\0".to_vec();
+            tiff.resize(exif, 0);
+            enc.set_icc_profile(vec![7; icc]).unwrap();
+            enc.set_exif_metadata(tiff).unwrap();
+            enc.write_image(&[0; 12], 2, 2, image::ExtendedColorType::Rgb8)
+                .unwrap();
+            super::Metadata::read(&buf).unwrap()
+        };
+        let small = png(1000, 1000);
+        assert_eq!(small.icc_profile.map(|p| p.len()), Some(1000));
+        assert_eq!(small.exif.map(|e| e.len()), Some(1000));
+        let big = png(super::MAX_ICC_BYTES + 1, super::MAX_EXIF_BYTES + 1);
+        assert_eq!((big.icc_profile, big.exif), (None, None));
     }
 
     #[test]

@@ -327,6 +327,11 @@ pub fn display_p3_icc() -> Vec<u8> {
 /// A little-endian TIFF (EXIF block) with Make, Model, DateTime, Orientation 1 and a GPS
 /// directory holding a latitude and longitude.
 pub fn exif_with_gps() -> Vec<u8> {
+    exif_oriented(1)
+}
+
+/// [`exif_with_gps`] with another orientation (6: the camera was turned a quarter right).
+pub fn exif_oriented(orientation: u16) -> Vec<u8> {
     struct Entry {
         tag: u16,
         ty: u16,
@@ -393,7 +398,7 @@ pub fn exif_with_gps() -> Vec<u8> {
                     tag: 0x0112,
                     ty: 3,
                     count: 1,
-                    data: 1u16.to_le_bytes().to_vec(),
+                    data: orientation.to_le_bytes().to_vec(),
                 },
                 ascii(0x0132, "2026:12:05 10:00:00"),
                 Entry {
@@ -414,11 +419,16 @@ pub fn exif_with_gps() -> Vec<u8> {
 
 /// A `w`×`h` JPEG with [`display_p3_icc`] and [`exif_with_gps`], as a phone writes it.
 pub fn p3_jpeg_with_exif(w: u32, h: u32) -> Vec<u8> {
+    jpeg_with_exif(w, h, exif_with_gps())
+}
+
+/// A `w`×`h` JPEG (as stored, before any rotation) with [`display_p3_icc`] and `exif`.
+pub fn jpeg_with_exif(w: u32, h: u32, exif: Vec<u8>) -> Vec<u8> {
     use image::ImageEncoder;
     let mut buf = Vec::new();
     let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, 90);
     enc.set_icc_profile(display_p3_icc()).unwrap();
-    enc.set_exif_metadata(exif_with_gps()).unwrap();
+    enc.set_exif_metadata(exif).unwrap();
     let img = picture(w, h);
     enc.write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
         .unwrap();
