@@ -49,8 +49,17 @@ WORK=$CACHE/consumer
 rm -rf "$WORK/src" "$WORK/packages"
 mkdir -p "$WORK/packages"
 cp -r examples/consumer/. "$WORK/"
+# `cargo package` stamps every file with one fixed date, so the consumer's cached build could
+# not tell that a crate changed since its last run: a changed crate's files are stamped now.
+mkdir -p "$WORK/.crate-sums"
 for name in partialconv partialconv-model torch-pickle; do
-    tar -xzf "$TARGET/package/$name-$VERSION.crate" -C "$WORK/packages"
+    crate=$TARGET/package/$name-$VERSION.crate
+    tar -xzf "$crate" -C "$WORK/packages"
+    sum=$(sha256sum "$crate" | cut -d' ' -f1)
+    if [[ "$(cat "$WORK/.crate-sums/$name" 2>/dev/null)" != "$sum" ]]; then
+        find "$WORK/packages/$name-$VERSION" -type f -exec touch {} +
+        echo "$sum" >"$WORK/.crate-sums/$name"
+    fi
 done
 # libtorch from the torch wheel, as docs/library.md says: torch-sys asks this Python.
 (

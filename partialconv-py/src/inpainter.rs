@@ -7,7 +7,7 @@ use numpy::PyArray3;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use partialconv::{Blend, Error, SelfEnsemble, Strategy};
+use partialconv::{Blend, Error, Precision, SelfEnsemble, Strategy};
 
 use crate::convert::{device_name, image_to_array, DeviceArg, ImageArg, MaskArg, StrategyArg};
 use crate::py_err;
@@ -25,8 +25,8 @@ impl Inpainter {
     #[staticmethod]
     // The text signatures show Python's view of the defaults, not the Rust values.
     #[pyo3(
-        signature = (path = None, device = DeviceArg(tch::Device::Cpu), blend = "telea", ensemble = "flips"),
-        text_signature = "(path=None, device='cpu', blend='telea', ensemble='flips')"
+        signature = (path = None, device = DeviceArg(tch::Device::Cpu), blend = "telea", ensemble = "flips", precision = "fp32"),
+        text_signature = "(path=None, device='cpu', blend='telea', ensemble='flips', precision='fp32')"
     )]
     fn load(
         py: Python<'_>,
@@ -34,15 +34,25 @@ impl Inpainter {
         device: DeviceArg,
         blend: &str,
         ensemble: &str,
+        precision: &str,
     ) -> PyResult<Self> {
         let blend: Blend = blend.parse().map_err(py_err)?;
         let ensemble: SelfEnsemble = ensemble.parse().map_err(py_err)?;
+        let precision: Precision = precision.parse().map_err(py_err)?;
         let inner = py
-            .detach(|| partialconv::Inpainter::load(path.as_deref(), device.0))
+            .detach(|| {
+                partialconv::Inpainter::load(path.as_deref(), device.0)?.with_precision(precision)
+            })
             .map_err(py_err)?
             .with_blend(blend)
             .with_ensemble(ensemble);
         Ok(Self { inner })
+    }
+
+    /// The kind the convolutions compute in: `"fp32"`, `"bf16"` or `"fp16"`.
+    #[getter]
+    fn precision(&self) -> String {
+        self.inner.precision().to_string()
     }
 
     /// How fills meet the photo: `"telea"` or `"paste"`.

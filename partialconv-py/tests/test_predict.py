@@ -248,3 +248,25 @@ def test_blends_differ_and_unknown_blends_are_named(tiny_model):
         partialconv.Inpainter.load(tiny_model, blend="soft")
     with pytest.raises(ValueError, match="dihedral"):
         partialconv.Inpainter.load(tiny_model, ensemble="dihedral")
+
+
+def test_bf16_equals_the_cli_at_the_same_precision(cli, tiny_model, tmp_path):
+    h, w = 48, 64
+    img = make_photo(h, w, 5)
+    holes = make_holes(h, w, [(10, 40, 16, 48)])
+    Image.fromarray(img).save(tmp_path / "image.png")
+    Image.fromarray(holes).save(tmp_path / "mask.png")
+    code, err = run_cli(
+        cli, "predict", "--image", tmp_path / "image.png", "--mask", tmp_path / "mask.png",
+        "--output", tmp_path / "out.png", "--model", tiny_model, "--precision", "bf16",
+    )  # fmt: skip
+    assert code == 0, err
+    bf16 = partialconv.Inpainter.load(tiny_model, precision="bf16")
+    assert bf16.precision == "bf16"
+    got = bf16.predict(img, holes)
+    np.testing.assert_array_equal(got, np.asarray(Image.open(tmp_path / "out.png")))
+    fp32 = partialconv.Inpainter.load(tiny_model).predict(img, holes)
+    outside = holes == 0
+    np.testing.assert_array_equal(got[outside], fp32[outside])
+    with pytest.raises(ValueError, match="precision"):
+        partialconv.Inpainter.load(tiny_model, precision="int4")

@@ -5,6 +5,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::Result;
+use crate::infer::precision::Precision;
 use crate::model::Model;
 use crate::nn::layer::Mask;
 
@@ -20,13 +21,15 @@ pub fn sample_input(size: i64, batch: i64, device: Device, kind: Kind) -> (Tenso
 }
 
 /// Median wall time of `iters` inference forwards (after one warm-up), in milliseconds.
-/// `half` converts the model to fp16 in place first (a CUDA feature: CPU fp16 conv is slow).
+/// `half` converts the model to fp16 in place first (a CUDA feature: CPU fp16 conv is slow);
+/// `precision` is the kind the convolutions compute in, as the inpainter runs them.
 pub fn median_forward_ms(
     model: &mut Model,
     size: i64,
     batch: i64,
     iters: usize,
     half: bool,
+    precision: Precision,
 ) -> Result<f64> {
     let device = model.vs.device();
     let kind = if half { Kind::Half } else { Kind::Float };
@@ -35,6 +38,10 @@ pub fn median_forward_ms(
     }
     // As the inpainter runs it.
     model.net.absorb_bn();
+    let precision = precision.resolve(device);
+    if !half && precision != Precision::Fp32 {
+        model.net.set_conv_kind(precision.kind());
+    }
     let (x, valid) = sample_input(size, batch, device, kind);
     let channels = model.net.config().input_channels;
     let mut times = Vec::with_capacity(iters);

@@ -57,6 +57,7 @@ pub use imaging::masks::HoleMask;
 pub use infer::blend::Blend;
 pub use infer::ensemble::SelfEnsemble;
 pub use infer::inpainter::{Inpainter, Strategy};
+pub use infer::precision::Precision;
 pub use model::{Model, ModelMeta, ModelSource, Normalization, Storage};
 pub use nn::layer::{partial_conv2d, Convention, Mask, PartialConv2d, PartialConvConfig};
 pub use nn::unet::{PConvUNet, PConvUNetConfig};

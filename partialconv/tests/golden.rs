@@ -249,3 +249,39 @@ fn bf16_training_passes_stay_near_fp32_and_leave_inference_exact() {
         );
     }
 }
+
+/// bf16 inference (`set_conv_kind`, what `Precision::Bf16` does) rounds each convolution's
+/// input and weights to bf16's 8-bit significand, a relative error of at most u = 2⁻⁸ each,
+/// and accumulates in fp32; through the 2L convolutions of the U-Net these add up at most
+/// linearly, so the output stays within 2u·2L of the range of the fp32 reference. The masks
+/// never leave fp32, so they match exactly.
+#[test]
+fn bf16_inference_stays_within_bf16_rounding_of_the_reference() {
+    let u = 2f64.powi(-8);
+    for path in fixtures("unet_") {
+        let f = Fixture::load(&path);
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let mut model = f.model(&name);
+        let config = model.meta.config;
+        model.net.absorb_bn();
+        model.net.set_conv_kind(Kind::BFloat16);
+        let tolerance = 2.0 * u * (2 * config.layer_size) as f64;
+        for (path_name, mask) in mask_paths(f.t("mask"), config.input_channels) {
+            let (out, out_mask) = tch::no_grad(|| model.net.forward_t(f.t("input"), &mask, false));
+            assert_eq!(out.kind(), Kind::Float, "{name}: output kind");
+            let want = f.t("output");
+            let err =
+                (&out - want).abs().max().double_value(&[]) / want.abs().max().double_value(&[]);
+            assert!(err > 0.0, "{name} [{path_name}]: computed in fp32");
+            assert!(
+                err < tolerance,
+                "{name} [{path_name}]: off by {err:e} of the range > {tolerance:e}"
+            );
+            assert_close(
+                &format!("{name} [{path_name}] bf16 output_mask"),
+                &out_mask.to_dense(),
+                f.t("output_mask"),
+            );
+        }
+    }
+}

@@ -292,3 +292,48 @@ fn arrays_predict_exactly_what_images_do() {
         .unwrap_err();
     assert!(e.to_string().contains("mask"), "{e}");
 }
+
+/// bf16 changes the fill, never the photo around it, and is set once, before sharing.
+#[test]
+fn bf16_inference_keeps_the_photo_and_is_set_before_sharing() {
+    // The shipped model: a random tiny network's fill rounds to the same bytes either way.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default.safetensors");
+    let load = || Inpainter::load(Some(path.as_ref()), Device::Cpu).unwrap();
+    let fp32 = load().with_blend(partialconv::Blend::Paste);
+    let bf16 = load()
+        .with_blend(partialconv::Blend::Paste)
+        .with_precision(partialconv::Precision::Bf16)
+        .unwrap();
+    assert_eq!(bf16.precision(), partialconv::Precision::Bf16);
+    let img = DynamicImage::ImageRgb8(image_from(96, 64, 1));
+    let mask = rect_mask(96, 64, (30, 16, 66, 48));
+    let a = fp32.predict(&img, &mask, Fill::Original).unwrap().to_rgb8();
+    let b = bf16.predict(&img, &mask, Fill::Original).unwrap().to_rgb8();
+    let (mut differ, mut worst, mut total, mut n) = (0, 0i32, 0i64, 0i64);
+    for (x, y, pa) in a.enumerate_pixels() {
+        let pb = b.get_pixel(x, y);
+        if !mask.get(x, y) {
+            assert_eq!(pa, pb, "({x}, {y}) is outside the hole");
+            continue;
+        }
+        for c in 0..3 {
+            let d = (pa[c] as i32 - pb[c] as i32).abs();
+            differ += (d > 0) as usize;
+            worst = worst.max(d);
+            total += d as i64;
+            n += 1;
+        }
+    }
+    assert!(differ > 0, "bf16 computed the same bytes as fp32");
+    let mean = total as f64 / n as f64;
+    assert!(
+        worst <= 16 && mean < 1.5,
+        "bf16 fill off by {mean:.2} levels on average, {worst} at most"
+    );
+
+    let shared = load();
+    let _clone = shared.clone();
+    assert!(shared.with_precision(partialconv::Precision::Bf16).is_err());
+    let once = load().with_precision(partialconv::Precision::Bf16).unwrap();
+    assert!(once.with_precision(partialconv::Precision::Fp16).is_err());
+}

@@ -272,6 +272,7 @@ impl Remote {
             model_version: field("model_version"),
             device: field("device"),
             ensemble: field("ensemble"),
+            precision: field("precision"),
             config: model.get("config").cloned().unwrap_or_default(),
         })
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use partialconv::{Inpainter, SelfEnsemble};
+use partialconv::{Inpainter, Precision, SelfEnsemble};
 use uuid::Uuid;
 
 use crate::error::AppError;
@@ -54,6 +54,7 @@ pub struct ModelRegistry {
     jobs_dir: PathBuf,
     device: tch::Device,
     ensemble: SelfEnsemble,
+    precision: Precision,
     capacity: usize,
     /// Most recently used last.
     cache: Mutex<Vec<(Uuid, Arc<Inpainter>)>>,
@@ -72,10 +73,17 @@ impl ModelRegistry {
             jobs_dir,
             device,
             ensemble,
+            precision: Precision::Fp32,
             capacity: capacity.max(1),
             cache: Mutex::new(Vec::new()),
             loads: AtomicU64::new(0),
         }
+    }
+
+    /// The kind the loaded models' convolutions compute in (`--precision`); fp32 unless set.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
     }
 
     /// The folder of job `id`.
@@ -127,7 +135,10 @@ impl ModelRegistry {
         if !path.is_file() {
             return Err(ModelError::Unknown(id.to_string()));
         }
-        let model = Arc::new(load(&path, self.device)?.with_ensemble(self.ensemble));
+        let model = load(&path, self.device)?
+            .with_precision(self.precision)
+            .map_err(ModelError::Load)?;
+        let model = Arc::new(model.with_ensemble(self.ensemble));
         self.loads.fetch_add(1, Ordering::Relaxed);
         let mut cache = self.cache.lock().unwrap();
         if let Some(pos) = cache.iter().position(|(k, _)| *k == id) {

@@ -133,12 +133,15 @@ impl AppState {
             None => partialconv::inpainter::parse_device(&cfg.device)?,
         };
         let finetune_dir = cfg.data_dir.join("finetune");
-        let models = Arc::new(ModelRegistry::new(
-            finetune_dir.join("jobs"),
-            device,
-            cfg.ensemble,
-            cfg.loaded_models,
-        ));
+        let models = Arc::new(
+            ModelRegistry::new(
+                finetune_dir.join("jobs"),
+                device,
+                cfg.ensemble,
+                cfg.loaded_models,
+            )
+            .with_precision(cfg.precision),
+        );
         let intra_op_threads = threads::default_intra_op_threads();
         let (backend, finetune) = match &cfg.remote_model {
             Some(url) => (
@@ -157,6 +160,7 @@ impl AppState {
                         model: cfg.model.clone(),
                         device,
                         ensemble: cfg.ensemble,
+                        precision: cfg.precision,
                         workers: cfg.workers,
                         queue: cfg.queue,
                         batch_max: cfg.batch_max,

@@ -654,9 +654,11 @@ async fn the_workers_average_the_flipped_views_unless_told_otherwise() {
     // run; the default (flips) is checked in `health_readiness_metrics_openapi_and_page`.
     // (That the ensembles change fills is tested on the library: this random tiny model's
     // fill rounds to the same pixels whichever way the photo is flipped.)
-    let s = start(&["--ensemble", "single"]).await;
+    let s = start(&["--ensemble", "single", "--precision", "bf16"]).await;
     let v: serde_json::Value = s.get("/readyz").await.json().await.unwrap();
     assert_eq!(v["model"]["ensemble"], "single");
+    // And `--precision`, which the workers' shared inpainter resolved.
+    assert_eq!(v["model"]["precision"], "bf16");
     let (img, mask) = small_pair();
     assert_eq!(s.inpaint(form(img, mask)).await.status(), 200);
     let err =

@@ -14,6 +14,7 @@ use crate::imaging::array::{self, MaskView};
 use crate::imaging::masks::{merge_overlapping, HoleMask, Rect};
 use crate::infer::blend::{telea_blend, Blend};
 use crate::infer::ensemble::SelfEnsemble;
+use crate::infer::precision::Precision;
 use crate::model::Model;
 
 // The paths these had before the layers, which the server, the bindings and the benches use.
@@ -128,6 +129,7 @@ pub struct Inpainter {
     model: Arc<Weights>,
     blend: Blend,
     ensemble: SelfEnsemble,
+    precision: Precision,
 }
 
 /// The model that an [`Inpainter`] and its clones share, read-only.
@@ -152,7 +154,36 @@ impl Inpainter {
             model: Arc::new(Weights(model)),
             blend: Blend::default(),
             ensemble: SelfEnsemble::default(),
+            precision: Precision::Fp32,
         }
+    }
+
+    /// Computes the network's convolutions in `precision` (resolved for this device: see
+    /// [`crate::infer::precision`]), converting the weights once, here. Fails on a clone
+    /// (the weights are shared) and once a precision other than fp32 is set, since the
+    /// fp32 weights are gone: set it right after loading.
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        let resolved = precision.resolve(self.device());
+        if resolved == self.precision {
+            return Ok(self);
+        }
+        if self.precision != Precision::Fp32 {
+            return Err(Error::InvalidArgument(format!(
+                "the precision is already {}; load the model again for {resolved}",
+                self.precision
+            )));
+        }
+        let weights = Arc::get_mut(&mut self.model).ok_or_else(|| {
+            Error::InvalidArgument("set the precision before cloning the Inpainter".into())
+        })?;
+        weights.0.net.set_conv_kind(resolved.kind());
+        self.precision = resolved;
+        Ok(self)
+    }
+
+    /// The kind the convolutions compute in (never `Auto`).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Which flipped views each fill averages ([`crate::infer::ensemble`]): [`SelfEnsemble::Flips`]

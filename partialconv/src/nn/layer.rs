@@ -255,7 +255,9 @@ impl PartialConv2d {
         bias: Option<&Tensor>,
     ) -> (Tensor, Mask) {
         let (s, p) = (self.config.stride, self.config.padding);
-        let raw = x_masked.conv2d(weight, None::<Tensor>, [s, s], [p, p], [1, 1], 1);
+        let raw = in_kind_of(weight, x_masked, |x| {
+            x.conv2d(weight, None::<Tensor>, [s, s], [p, p], [1, 1], 1)
+        });
         self.finish_fused(raw, mask, bias)
     }
 
@@ -393,4 +395,18 @@ impl PartialConv2d {
 /// run without reordering. Element-wise ops, batch norm, upsampling and `cat` keep the layout.
 pub fn channels_last(t: &Tensor) -> Tensor {
     t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// `conv(x)` computed in `weight`'s kind (bf16 or fp16 after
+/// [`PConvUNet::set_conv_kind`](crate::nn::unet::PConvUNet::set_conv_kind)), its result
+/// returned in `x`'s kind, so that everything around the convolution stays fp32.
+pub(crate) fn in_kind_of(
+    weight: &Tensor,
+    x: &Tensor,
+    conv: impl FnOnce(&Tensor) -> Tensor,
+) -> Tensor {
+    if weight.kind() == x.kind() {
+        return conv(x);
+    }
+    conv(&x.to_kind(weight.kind())).to_kind(x.kind())
 }

@@ -9,7 +9,7 @@ use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use crate::nn::layer::{
-    channels_last, partial_conv2d, Convention, Mask, PartialConv2d, PartialConvConfig,
+    channels_last, in_kind_of, partial_conv2d, Convention, Mask, PartialConv2d, PartialConvConfig,
 };
 
 /// Shape of a [`PConvUNet`].
@@ -190,14 +190,23 @@ impl SubPixel {
         Self { phases, skip }
     }
 
-    /// `conv(cat(upsample₂(h), skip), W)` for 3×3, stride 1, padding 1.
+    /// `conv(cat(upsample₂(h), skip), W)` for 3×3, stride 1, padding 1, computed in the
+    /// weights' kind and returned in `h`'s.
     fn conv(&self, h: &Tensor, skip: &Tensor) -> Tensor {
-        let up = h
-            .conv2d(&self.phases, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1)
-            .pixel_shuffle(2);
-        let mut out = skip.conv2d(&self.skip, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+        let conv = |w: &Tensor, x: &Tensor| {
+            in_kind_of(w, x, |x| {
+                x.conv2d(w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1)
+            })
+        };
+        let up = conv(&self.phases, h).pixel_shuffle(2);
+        let mut out = conv(&self.skip, skip);
         out += up;
         out
+    }
+
+    fn convert(&mut self, kind: Kind) {
+        self.phases = same_layout(&self.phases, self.phases.to_kind(kind));
+        self.skip = same_layout(&self.skip, self.skip.to_kind(kind));
     }
 }
 
@@ -491,6 +500,23 @@ impl PConvUNet {
         n
     }
 
+    /// Converts the folded convolution weights of [`PConvUNet::absorb_bn`] to `kind`
+    /// (`BFloat16`, `Half`), so that inference computes its convolutions in it
+    /// ([`crate::infer::precision`]); `Float` after another kind loses what that kind
+    /// rounded off. Blocks without folded weights (training) are left alone.
+    pub fn set_conv_kind(&mut self, kind: Kind) {
+        tch::no_grad(|| {
+            for block in self.encoder.iter_mut().chain(&mut self.decoder) {
+                if let Some(fused) = &mut block.fused {
+                    match &mut fused.conv {
+                        FusedConv::Plain(w) => *w = same_layout(w, w.to_kind(kind)),
+                        FusedConv::SubPixel(sub_pixel) => sub_pixel.convert(kind),
+                    }
+                }
+            }
+        });
+    }
+
     /// Drops the folded weights of [`PConvUNet::absorb_bn`], so that inference uses the batch
     /// norms again (needed before training a network that was folded).
     pub fn clear_absorbed_bn(&mut self) {
@@ -557,5 +583,14 @@ fn clone_mask(mask: &Mask) -> Mask {
     match mask {
         Mask::Grouped(g) => Mask::Grouped(g.iter().map(|(t, c)| (t.shallow_clone(), *c)).collect()),
         Mask::PerChannel(t) => Mask::PerChannel(t.shallow_clone()),
+    }
+}
+
+/// `converted` in `original`'s memory layout: channels-last weights stay channels-last.
+fn same_layout(original: &Tensor, converted: Tensor) -> Tensor {
+    if original.is_contiguous() {
+        converted.contiguous()
+    } else {
+        channels_last(&converted)
     }
 }

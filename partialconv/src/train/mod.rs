@@ -30,6 +30,7 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::device::cpu_has_native_bf16;
 use crate::error::{Error, Result};
 use crate::eval::{eval_crop, eval_masks, evaluate_model, ValReport};
 use crate::imaging::convert::composite;
@@ -93,15 +94,6 @@ pub struct TrainSummary {
     pub train_images: usize,
     /// Photos validated on.
     pub val_images: usize,
-}
-
-/// Whether the CPU computes bf16 natively. Elsewhere oneDNN emulates it, and a 512² × 4
-/// step took 37 s against 4 s in fp32 (an AVX2-only EPYC, `docs/fine-tuning.md`).
-fn cpu_has_native_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512bf16");
-    #[cfg(not(target_arch = "x86_64"))]
-    return true;
 }
 
 /// Re-estimates `model`'s batch-norm statistics ([`crate::PConvUNet::recalibrate_bn`]) on

@@ -25,7 +25,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use partialconv::{SelfEnsemble, Strategy};
+use partialconv::{Precision, SelfEnsemble, Strategy};
 use tokio::sync::oneshot;
 
 use crate::codec::OutputFormat;
@@ -102,6 +102,8 @@ pub struct ModelInfo {
     pub device: String,
     /// The self-ensemble of fills whose request names none (`--ensemble`).
     pub ensemble: String,
+    /// The kind the convolutions compute in, resolved for the device (`--precision`).
+    pub precision: String,
     /// The model's metadata (configuration and training).
     pub config: serde_json::Value,
 }
@@ -131,6 +133,8 @@ pub struct PoolSettings {
     pub device: tch::Device,
     /// Flipped views each fill averages, unless its request names others.
     pub ensemble: SelfEnsemble,
+    /// The kind the convolutions compute in (`--precision`).
+    pub precision: Precision,
     /// Worker threads (at least one).
     pub workers: usize,
     /// Jobs that may wait; beyond it, submitting fails with `Overloaded`.

@@ -28,13 +28,16 @@ fn model_info(inpainter: &Inpainter, path: Option<&PathBuf>) -> ModelInfo {
         model_version: format!("pconv-unet-l{}-w{}", c.layer_size, c.width),
         device: format!("{:?}", inpainter.device()).to_lowercase(),
         ensemble: inpainter.ensemble().to_string(),
+        precision: inpainter.precision().to_string(),
         config: serde_json::to_value(meta).unwrap_or_default(),
     }
 }
 
 pub(super) fn load_and_start(shared: Arc<Shared>) {
     let s = &shared.settings;
-    let inpainter = match Inpainter::load(s.model.as_deref(), s.device) {
+    let loaded =
+        Inpainter::load(s.model.as_deref(), s.device).and_then(|i| i.with_precision(s.precision));
+    let inpainter = match loaded {
         Ok(i) => Arc::new(i.with_ensemble(s.ensemble)),
         Err(e) => {
             tracing::error!("loading the model failed: {e}");
