@@ -25,8 +25,8 @@ impl Inpainter {
     #[staticmethod]
     // The text signatures show Python's view of the defaults, not the Rust values.
     #[pyo3(
-        signature = (path = None, device = DeviceArg(tch::Device::Cpu), blend = "telea", ensemble = "flips", precision = "fp32"),
-        text_signature = "(path=None, device='cpu', blend='telea', ensemble='flips', precision='fp32')"
+        signature = (path = None, device = DeviceArg(tch::Device::Cpu), blend = "telea", ensemble = "flips", precision = "auto"),
+        text_signature = "(path=None, device='cpu', blend='telea', ensemble='flips', precision='auto')"
     )]
     fn load(
         py: Python<'_>,

@@ -1,6 +1,8 @@
 //! The core performance targets as ratios, with the compared runs interleaved: round after
 //! round, one forward on the grouped mask path, one on the full mask convolutions in each
-//! layout, and one dense 3×3 convolution in each layout. A shared machine's load drifts over minutes, and
+//! layout, and one dense 3×3 convolution in each layout; then the grouped path and the dense
+//! convolution again with the convolutions in bf16 (`Precision::Bf16`), against a bf16 dense
+//! bound measured the same way. A shared machine's load drifts over minutes, and
 //! criterion times each case in its own block of time, so its ratios drift with the load;
 //! interleaving gives every case the same conditions.
 //!
@@ -36,14 +38,21 @@ fn main() {
     let (mut model, nchw_model) = (seeded(true), seeded(false));
     // Batch norm absorbed, as the inpainter runs it.
     model.net.absorb_bn();
+    let mut bf16_model = seeded(true);
+    bf16_model.net.absorb_bn();
+    bf16_model.net.set_conv_kind(Kind::BFloat16);
     let (x, valid) = sample_input(512, 1, Device::Cpu, Kind::Float);
     let x = &x * &valid;
     let dense_in = Tensor::randn([1, 256, 128, 128], (Kind::Float, Device::Cpu));
     let dense_w = Tensor::randn([256, 256, 3, 3], (Kind::Float, Device::Cpu));
     let (dense_in_cl, dense_w_cl) = (channels_last(&dense_in), channels_last(&dense_w));
+    let (dense_in_bf16, dense_w_bf16) = (
+        channels_last(&dense_in.to_kind(Kind::BFloat16)),
+        channels_last(&dense_w.to_kind(Kind::BFloat16)),
+    );
     let dense_flop = 2.0 * 256.0 * 256.0 * 9.0 * 128.0 * 128.0;
 
-    let mut t = [vec![], vec![], vec![], vec![], vec![]];
+    let mut t = [vec![], vec![], vec![], vec![], vec![], vec![], vec![]];
     for round in 0..=rounds {
         let grouped = seconds(|| {
             let mask = Mask::shared(valid.shallow_clone(), 3);
@@ -60,14 +69,30 @@ fn main() {
         let nchw = seconds(|| dense_in.conv2d(&dense_w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1));
         let nhwc =
             seconds(|| dense_in_cl.conv2d(&dense_w_cl, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1));
+        let grouped_bf16 = seconds(|| {
+            let mask = Mask::shared(valid.shallow_clone(), 3);
+            bf16_model.net.forward_t(&x, &mask, false).0
+        });
+        let dense_bf16 = seconds(|| {
+            dense_in_bf16.conv2d(&dense_w_bf16, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1)
+        });
         // Round 0 warms up allocators and oneDNN's kernel caches.
         if round > 0 {
-            for (v, s) in t.iter_mut().zip([grouped, per_channel, public, nchw, nhwc]) {
+            let all = [
+                grouped,
+                per_channel,
+                public,
+                nchw,
+                nhwc,
+                grouped_bf16,
+                dense_bf16,
+            ];
+            for (v, s) in t.iter_mut().zip(all) {
                 v.push(s);
             }
         }
     }
-    let [grouped, per_channel, public, nchw, nhwc] = t.map(median);
+    let [grouped, per_channel, public, nchw, nhwc, grouped_bf16, dense_bf16] = t.map(median);
     let flop = conv_flops(&config, 512);
     let best_rate = dense_flop / nchw.min(nhwc);
     let bound = flop / best_rate;
@@ -109,5 +134,18 @@ fn main() {
     println!(
         "grouped path / dense bound: {:.2}x (target <= 1.4x)",
         grouped / bound
+    );
+    let bound_bf16 = flop / (dense_flop / dense_bf16);
+    println!(
+        "bf16: grouped path {:.1} ms; dense 3x3 channels-last {:.1} ms = {:.1} GFLOP/s, bound {:.1} ms",
+        grouped_bf16 * 1e3,
+        dense_bf16 * 1e3,
+        dense_flop / dense_bf16 / 1e9,
+        bound_bf16 * 1e3
+    );
+    println!(
+        "bf16: {:.2}x faster than fp32; grouped path / bf16 dense bound: {:.2}x",
+        grouped / grouped_bf16,
+        grouped_bf16 / bound_bf16
     );
 }

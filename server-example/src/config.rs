@@ -78,7 +78,7 @@ pub struct Config {
     /// The kind the network's convolutions compute in: fp32, bf16 (about twice as fast on a
     /// CPU with AVX512-BF16 or AMX), fp16 (CUDA) or auto (bf16 where the CPU has it, fp16 on
     /// CUDA, else fp32). Everything around the convolutions stays fp32.
-    #[arg(long, env = "PARTIALCONV_PRECISION", default_value = "fp32")]
+    #[arg(long, env = "PARTIALCONV_PRECISION", default_value = "auto")]
     pub precision: Precision,
 
     /// History sink, repeatable: sqlite:PATH, mysql://…, kafka://BROKERS/TOPIC, or `none`.

@@ -38,7 +38,7 @@ class Inpainter:
         device: _Device = "cpu",
         blend: Literal["telea", "paste"] = "telea",
         ensemble: Literal["single", "mirror", "flips"] = "flips",
-        precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32",
+        precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto",
     ) -> Inpainter:
         """Loads the safetensors model at `path`, else `$PARTIALCONV_MODEL`, else the model
         bundled into the build.
