@@ -22,6 +22,13 @@ PUBLISHED=(partialconv partialconv-model torch-pickle history-sink partialconv-c
 step() { echo "== $* ($(date +%T))"; }
 
 step "cargo package --workspace --exclude server-example"
+# Verifying a crate that depends on another of ours goes through a local registry, whose
+# crates cargo unpacks once per version under $CARGO_HOME/registry/src/-<hash>/ and never
+# again: after a change without a version bump it would build the last run's sources.
+for name in "${PUBLISHED[@]}"; do
+    rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/"$name-$VERSION" \
+        "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/-*/"$name-$VERSION.crate"
+done
 # One invocation, so that the crates' dependencies on each other resolve to the packages
 # themselves (a local registry) rather than to crates.io, where they are not yet.
 cargo package --workspace --exclude server-example --allow-dirty
