@@ -63,6 +63,15 @@ struct FillArgs {
 }
 
 impl FillArgs {
+    /// The inpainter of `model`, loaded in `--precision`, with these settings.
+    fn load(self, model: Option<&Path>, device: &str) -> partialconv::Result<Inpainter> {
+        self.apply(Inpainter::load_with(
+            model,
+            parse_device(device)?,
+            self.precision,
+        )?)
+    }
+
     fn apply(self, inpainter: Inpainter) -> partialconv::Result<Inpainter> {
         Ok(inpainter
             .with_precision(self.precision)?
@@ -350,8 +359,7 @@ fn run(cli: Cli) -> partialconv::Result<ExitCode> {
             device,
             resize_mask,
         } => {
-            let inpainter =
-                fill.apply(Inpainter::load(model.as_deref(), parse_device(&device)?)?)?;
+            let inpainter = fill.load(model.as_deref(), &device)?;
             let img = io::read_image(&image)?;
             let mut holes = io::read_mask(&mask)?;
             if resize_mask && holes.dimensions() != (img.width(), img.height()) {
@@ -607,7 +615,7 @@ fn batch(
     fill: FillArgs,
     device: &str,
 ) -> partialconv::Result<ExitCode> {
-    let inpainter = fill.apply(Inpainter::load(model, parse_device(device)?)?)?;
+    let inpainter = fill.load(model, device)?;
     let inputs = io::list_files(images)?;
     let mask_files = io::list_files(masks)?;
     std::fs::create_dir_all(output).map_err(|e| Error::Io {

@@ -40,9 +40,7 @@ impl Inpainter {
         let ensemble: SelfEnsemble = ensemble.parse().map_err(py_err)?;
         let precision: Precision = precision.parse().map_err(py_err)?;
         let inner = py
-            .detach(|| {
-                partialconv::Inpainter::load(path.as_deref(), device.0)?.with_precision(precision)
-            })
+            .detach(|| partialconv::Inpainter::load_with(path.as_deref(), device.0, precision))
             .map_err(py_err)?
             .with_blend(blend)
             .with_ensemble(ensemble);

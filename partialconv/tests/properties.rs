@@ -296,9 +296,10 @@ fn arrays_predict_exactly_what_images_do() {
 /// bf16 changes the fill, never the photo around it, and is set once, before sharing.
 #[test]
 fn bf16_inference_keeps_the_photo_and_is_set_before_sharing() {
+    use partialconv::Precision::Fp32;
     // The shipped model: a random tiny network's fill rounds to the same bytes either way.
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default.safetensors");
-    let load = || Inpainter::load(Some(path.as_ref()), Device::Cpu).unwrap();
+    let load = || Inpainter::load_with(Some(path.as_ref()), Device::Cpu, Fp32).unwrap();
     let fp32 = load().with_blend(partialconv::Blend::Paste);
     let bf16 = load()
         .with_blend(partialconv::Blend::Paste)

@@ -135,9 +135,7 @@ impl ModelRegistry {
         if !path.is_file() {
             return Err(ModelError::Unknown(id.to_string()));
         }
-        let model = load(&path, self.device)?
-            .with_precision(self.precision)
-            .map_err(ModelError::Load)?;
+        let model = load(&path, self.device, self.precision)?;
         let model = Arc::new(model.with_ensemble(self.ensemble));
         self.loads.fetch_add(1, Ordering::Relaxed);
         let mut cache = self.cache.lock().unwrap();
@@ -163,8 +161,8 @@ impl ModelRegistry {
     }
 }
 
-fn load(path: &Path, device: tch::Device) -> Result<Inpainter, ModelError> {
-    Inpainter::load(Some(path), device).map_err(|e| {
+fn load(path: &Path, device: tch::Device, precision: Precision) -> Result<Inpainter, ModelError> {
+    Inpainter::load_with(Some(path), device, precision).map_err(|e| {
         tracing::error!("loading {}: {e}", path.display());
         ModelError::Load(e)
     })

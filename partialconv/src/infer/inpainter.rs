@@ -146,7 +146,8 @@ struct Weights(Model);
 unsafe impl Sync for Weights {}
 
 impl Inpainter {
-    /// Wraps a loaded model, with batch norm folded into the convolutions for inference.
+    /// Wraps a loaded model, with batch norm folded into the convolutions for inference. Its
+    /// convolutions run in fp32 until [`with_precision`](Self::with_precision).
     pub fn new(mut model: Model) -> Self {
         // The weights never change from here on.
         model.net.absorb_bn();
@@ -210,9 +211,17 @@ impl Inpainter {
         self.blend
     }
 
-    /// See [`load_model`] for how `path = None` resolves.
+    /// Loads a model with its convolutions in [`Precision::Auto`]: bf16 on a CPU with
+    /// native bf16, fp16 on CUDA, else fp32 ([`crate::infer::precision`]). See
+    /// [`load_model`] for how `path = None` resolves.
     pub fn load(path: Option<&Path>, device: Device) -> Result<Self> {
-        Ok(Self::new(load_model(path, device)?))
+        Self::load_with(path, device, Precision::Auto)
+    }
+
+    /// [`load`](Self::load) with the convolutions in `precision`; `Precision::Fp32` matches
+    /// the PyTorch reference exactly.
+    pub fn load_with(path: Option<&Path>, device: Device, precision: Precision) -> Result<Self> {
+        Self::new(load_model(path, device)?).with_precision(precision)
     }
 
     /// The model's header. (The weights stay private: see the `Sync` impl of `Weights`.)

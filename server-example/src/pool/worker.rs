@@ -35,8 +35,7 @@ fn model_info(inpainter: &Inpainter, path: Option<&PathBuf>) -> ModelInfo {
 
 pub(super) fn load_and_start(shared: Arc<Shared>) {
     let s = &shared.settings;
-    let loaded =
-        Inpainter::load(s.model.as_deref(), s.device).and_then(|i| i.with_precision(s.precision));
+    let loaded = Inpainter::load_with(s.model.as_deref(), s.device, s.precision);
     let inpainter = match loaded {
         Ok(i) => Arc::new(i.with_ensemble(s.ensemble)),
         Err(e) => {
