@@ -176,17 +176,8 @@ def test_resize_mask(inpainter, cli, tiny_model, tmp_path):
 
 @pytest.mark.parametrize("grow", [3, -2])
 def test_mask_grow_equals_the_cli(inpainter, cli, tiny_model, tmp_path, grow):
-    h, w = 48, 64
-    img = make_photo(h, w, 4)
-    holes = make_holes(h, w, [(16, 32, 20, 36)])
-    Image.fromarray(img).save(tmp_path / "image.png")
-    Image.fromarray(holes).save(tmp_path / "mask.png")
-    code, err = run_cli(
-        cli, "predict", "--image", tmp_path / "image.png", "--mask", tmp_path / "mask.png",
-        "--output", tmp_path / "out.png", "--model", tiny_model, "--mask-grow", str(grow),
-    )  # fmt: skip
-    assert code == 0, err
-    expected = np.asarray(Image.open(tmp_path / "out.png"))
+    img, holes = save_pair(tmp_path, 48, 64, [(16, 32, 20, 36)], seed=4)
+    expected = cli_predict(cli, tmp_path, tiny_model, "auto", "--mask-grow", str(grow))
     got = inpainter.predict(img, holes, mask_grow=grow)
     np.testing.assert_array_equal(got, expected)
     # Grown, the pixel left of the box is filled; shrunk, the box's own first column is not.
@@ -251,22 +242,14 @@ def test_blends_differ_and_unknown_blends_are_named(tiny_model):
 
 
 def test_bf16_equals_the_cli_at_the_same_precision(cli, tiny_model, tmp_path):
-    h, w = 48, 64
-    img = make_photo(h, w, 5)
-    holes = make_holes(h, w, [(10, 40, 16, 48)])
-    Image.fromarray(img).save(tmp_path / "image.png")
-    Image.fromarray(holes).save(tmp_path / "mask.png")
-    code, err = run_cli(
-        cli, "predict", "--image", tmp_path / "image.png", "--mask", tmp_path / "mask.png",
-        "--output", tmp_path / "out.png", "--model", tiny_model, "--precision", "bf16",
-    )  # fmt: skip
-    assert code == 0, err
+    img, holes = save_pair(tmp_path, 48, 64, [(10, 40, 16, 48)], seed=5)
+    expected = cli_predict(cli, tmp_path, tiny_model, "auto", "--precision", "bf16")
     bf16 = partialconv.Inpainter.load(tiny_model, precision="bf16")
     assert bf16.precision == "bf16"
     got = bf16.predict(img, holes)
-    np.testing.assert_array_equal(got, np.asarray(Image.open(tmp_path / "out.png")))
-    fp32 = partialconv.Inpainter.load(tiny_model).predict(img, holes)
-    outside = holes == 0
-    np.testing.assert_array_equal(got[outside], fp32[outside])
+    np.testing.assert_array_equal(got, expected)
+    # Explicitly fp32: the default, `auto`, is bf16 itself on a CPU with native bf16.
+    fp32 = partialconv.Inpainter.load(tiny_model, precision="fp32").predict(img, holes)
+    np.testing.assert_array_equal(got[~holes], fp32[~holes])
     with pytest.raises(ValueError, match="precision"):
         partialconv.Inpainter.load(tiny_model, precision="int4")

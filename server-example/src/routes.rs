@@ -30,8 +30,13 @@ use crate::state::AppState;
 /// Set by a web tier calling us as its model tier (`--remote-model`): it records the event.
 pub const NO_HISTORY_HEADER: &str = "x-partialconv-no-history";
 
+/// A form field's value, trimmed; `None` when absent or blank, which means "the default".
+fn given(s: Option<&str>) -> Option<&str> {
+    s.map(str::trim).filter(|s| !s.is_empty())
+}
+
 fn parse_strategy(s: Option<&str>) -> Result<Strategy, AppError> {
-    match s.map(str::trim).filter(|s| !s.is_empty()) {
+    match given(s) {
         None => Ok(Strategy::Auto),
         Some(s) => s.parse().map_err(AppError::Image),
     }
@@ -39,7 +44,7 @@ fn parse_strategy(s: Option<&str>) -> Result<Strategy, AppError> {
 
 /// `format`: `None` when absent, for the input's own format.
 fn parse_format(s: Option<&str>) -> Result<Option<OutputFormat>, AppError> {
-    match s.map(str::trim).filter(|s| !s.is_empty()) {
+    match given(s) {
         None => Ok(None),
         Some(s) => Ok(Some(s.parse()?)),
     }
@@ -47,7 +52,7 @@ fn parse_format(s: Option<&str>) -> Result<Option<OutputFormat>, AppError> {
 
 /// `ensemble`: `single`, `mirror` or `flips`; `None` (the server's) when absent.
 fn parse_ensemble(s: Option<&str>) -> Result<Option<SelfEnsemble>, AppError> {
-    match s.map(str::trim).filter(|s| !s.is_empty()) {
+    match given(s) {
         None => Ok(None),
         Some(s) => s
             .parse()
@@ -58,7 +63,7 @@ fn parse_ensemble(s: Option<&str>) -> Result<Option<SelfEnsemble>, AppError> {
 
 /// `keep_gps`: `true` or `false` (also `1`/`0`), false when absent.
 fn parse_bool(s: Option<&str>, field: &str) -> Result<bool, AppError> {
-    match s.map(str::trim).filter(|s| !s.is_empty()) {
+    match given(s) {
         None | Some("false" | "0") => Ok(false),
         Some("true" | "1") => Ok(true),
         Some(other) => Err(AppError::bad_request(
@@ -70,7 +75,7 @@ fn parse_bool(s: Option<&str>, field: &str) -> Result<bool, AppError> {
 
 /// `parent_event_id`: the id of the caller's event this edit continues from.
 fn parse_parent(s: Option<&str>) -> Result<Option<uuid::Uuid>, AppError> {
-    match s.map(str::trim).filter(|s| !s.is_empty()) {
+    match given(s) {
         None => Ok(None),
         Some(s) => s.parse().map(Some).map_err(|_| {
             AppError::bad_request("bad_argument", "parent_event_id is not an event id (UUID)")
@@ -80,7 +85,7 @@ fn parse_parent(s: Option<&str>) -> Result<Option<uuid::Uuid>, AppError> {
 
 /// `mask_grow`: an integer from −16 to 16 (pixels), 0 when absent.
 fn parse_mask_grow(s: Option<&str>) -> Result<i32, AppError> {
-    let Some(s) = s.map(str::trim).filter(|s| !s.is_empty()) else {
+    let Some(s) = given(s) else {
         return Ok(0);
     };
     let max = partialconv::imaging::masks::MAX_MASK_GROW as i32;

@@ -309,6 +309,14 @@ impl Driver {
         self.event_id().await
     }
 
+    /// The user id the page made for itself (`--auth none`).
+    async fn user_id(&self) -> String {
+        let v = self
+            .js("return localStorage.getItem('partialconv-user-id')")
+            .await;
+        v.as_str().unwrap().to_owned()
+    }
+
     /// The event id of the result on show ('' for none).
     async fn event_id(&self) -> String {
         let v = self
@@ -621,22 +629,8 @@ async fn upload_brush_go_and_see_the_result() {
     original.save(&image_path).unwrap();
 
     let d = Driver::start(&dir.path().join("profile")).await;
-    d.call("POST", "/url", json!({"url": format!("{}/", s.url)}))
-        .await;
-    let file = d.find("#file").await;
-    let file_id = file[ELEMENT].as_str().unwrap().to_owned();
-    d.call(
-        "POST",
-        &format!("/element/{file_id}/value"),
-        json!({"text": image_path.display().to_string()}),
-    )
-    .await;
-    d.wait_for(
-        "the image to load",
-        "return document.body.dataset.state === 'ready'",
-        Duration::from_secs(20),
-    )
-    .await;
+    d.open(&format!("{}/", s.url)).await;
+    d.upload_picture(&image_path).await;
     let rect = d
         .js(
             "const r = document.getElementById('mask').getBoundingClientRect();
@@ -689,21 +683,8 @@ async fn upload_brush_go_and_see_the_result() {
     assert!(white(&mask, a_mid) && !white(&mask, b_mid) && !white(&mask, far));
 
     // Go, and wait for the result.
-    d.click("#go").await;
-    d.wait_for(
-        "the result",
-        "return document.body.dataset.state === 'done'",
-        Duration::from_secs(120),
-    )
-    .await;
-    let event_id = d
-        .js("return document.getElementById('result').dataset.eventId")
-        .await;
-    let event_id = event_id.as_str().unwrap().to_owned();
-    let user_id = d
-        .js("return localStorage.getItem('partialconv-user-id')")
-        .await;
-    let user_id = user_id.as_str().unwrap().to_owned();
+    let event_id = d.go().await;
+    let user_id = d.user_id().await;
     assert!(!user_id.is_empty());
 
     // The history panel lists the new entry.
@@ -822,8 +803,7 @@ async fn train_on_my_photos_then_inpaint_with_the_new_model() {
         .collect();
 
     let d = Driver::start(&dir.path().join("profile")).await;
-    d.call("POST", "/url", json!({"url": format!("{}/", s.url)}))
-        .await;
+    d.open(&format!("{}/", s.url)).await;
     d.wait_for(
         "the training panel",
         "return !document.getElementById('train').hidden",
@@ -877,50 +857,10 @@ async fn train_on_my_photos_then_inpaint_with_the_new_model() {
     );
     let image_path = dir.path().join("photo.png");
     picture(320, 240).save(&image_path).unwrap();
-    let file = d.find("#file").await;
-    let file_id = file[ELEMENT].as_str().unwrap().to_owned();
-    d.call(
-        "POST",
-        &format!("/element/{file_id}/value"),
-        json!({"text": image_path.display().to_string()}),
-    )
-    .await;
-    d.wait_for(
-        "the image to load",
-        "return document.body.dataset.state === 'ready'",
-        Duration::from_secs(20),
-    )
-    .await;
+    d.upload_picture(&image_path).await;
     d.drag("#mask", &[(-40, 0), (0, 0), (40, 0)]).await;
-    d.click("#go").await;
-    d.wait_for(
-        "the result",
-        "return document.body.dataset.state === 'done'",
-        Duration::from_secs(120),
-    )
-    .await;
-    let event_id = d
-        .js("return document.getElementById('result').dataset.eventId")
-        .await;
-    let user_id = d
-        .js("return localStorage.getItem('partialconv-user-id')")
-        .await;
-    let v: Value = s
-        .get(&format!(
-            "/api/v1/history?user_id={}",
-            user_id.as_str().unwrap()
-        ))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let ev = v["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event_id"] == event_id)
-        .unwrap()
-        .clone();
+    let event_id = d.go().await;
+    let ev = history_event(&s, &d.user_id().await, &event_id).await;
     assert_eq!(ev["model_id"], json!(job_id));
     d.screenshot("train.png").await;
     d.call("DELETE", "", Value::Null).await;
@@ -937,8 +877,7 @@ async fn sign_in_inpaint_see_my_history_and_sign_out() {
     picture(400, 300).save(&image_path).unwrap();
 
     let d = Driver::start(&dir.path().join("profile")).await;
-    d.call("POST", "/url", json!({"url": format!("{}/", s.url)}))
-        .await;
+    d.open(&format!("{}/", s.url)).await;
     let visible = |id: &str| format!("return !document.getElementById('{id}').hidden");
     d.wait_for(
         "the sign-in form",
@@ -970,32 +909,9 @@ async fn sign_in_inpaint_see_my_history_and_sign_out() {
     let cookie_visible = d.js("return document.cookie").await;
     assert_eq!(cookie_visible, "", "the session cookie is HttpOnly");
 
-    let file = d.find("#file").await;
-    let file_id = file[ELEMENT].as_str().unwrap().to_owned();
-    d.call(
-        "POST",
-        &format!("/element/{file_id}/value"),
-        json!({"text": image_path.display().to_string()}),
-    )
-    .await;
-    d.wait_for(
-        "the image to load",
-        "return document.body.dataset.state === 'ready'",
-        Duration::from_secs(20),
-    )
-    .await;
+    d.upload_picture(&image_path).await;
     d.drag("#mask", &[(-40, 0), (0, 0), (40, 0)]).await;
-    d.click("#go").await;
-    d.wait_for(
-        "the result",
-        "return document.body.dataset.state === 'done'",
-        Duration::from_secs(120),
-    )
-    .await;
-    let event_id = d
-        .js("return document.getElementById('result').dataset.eventId")
-        .await;
-    let event_id = event_id.as_str().unwrap().to_owned();
+    let event_id = d.go().await;
     d.wait_for(
         "the history entry",
         &format!(
@@ -1221,10 +1137,7 @@ async fn continue_from_the_result_and_undo_across_edits() {
     d.spy_on_forms().await;
     let original_src = "return document.getElementById('original').src";
     let first_input = d.js(original_src).await;
-    let user_id = d
-        .js("return localStorage.getItem('partialconv-user-id')")
-        .await;
-    let user_id = user_id.as_str().unwrap().to_owned();
+    let user_id = d.user_id().await;
 
     // The first edit.
     d.drag("#mask", &[(-80, -40), (0, -40), (80, -40)]).await;
@@ -1375,10 +1288,7 @@ async fn a_jpeg_keeps_its_colour_profile_and_loses_its_location() {
     d.drag("#mask", &[(0, -40), (0, 0), (0, 40)]).await;
     let e2 = d.go().await;
     // The second edit's input was the lossless master (a PNG), not the first JPEG.
-    let user_id = d
-        .js("return localStorage.getItem('partialconv-user-id')")
-        .await;
-    let ev2 = history_event(&s, user_id.as_str().unwrap(), &e2).await;
+    let ev2 = history_event(&s, &d.user_id().await, &e2).await;
     assert!(
         ev2["original_url"].as_str().unwrap().ends_with(".png"),
         "{ev2}"

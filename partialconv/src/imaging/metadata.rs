@@ -120,6 +120,19 @@ pub mod exif {
     }
 
     impl Tiff {
+        /// A copy of `tiff` to read and edit, if it starts with a TIFF header.
+        fn parse(tiff: &[u8]) -> Option<Self> {
+            let little = match tiff.get(0..4)? {
+                b"II*\0" => true,
+                b"MM\0*" => false,
+                _ => return None,
+            };
+            Some(Self {
+                bytes: tiff.to_vec(),
+                little,
+            })
+        }
+
         fn u16(&self, at: usize) -> Option<u16> {
             let b: [u8; 2] = self.bytes.get(at..at.checked_add(2)?)?.try_into().ok()?;
             Some(if self.little {
@@ -194,15 +207,7 @@ pub mod exif {
     /// `keep_gps`, the GPS directory erased and its IFD0 entry removed. `None` when the block
     /// is not a TIFF structure this can edit safely.
     pub fn edit(tiff: &[u8], keep_gps: bool) -> Option<Vec<u8>> {
-        let little = match tiff.get(0..4)? {
-            b"II*\0" => true,
-            b"MM\0*" => false,
-            _ => return None,
-        };
-        let mut t = Tiff {
-            bytes: tiff.to_vec(),
-            little,
-        };
+        let mut t = Tiff::parse(tiff)?;
         let ifd0 = t.u32(4)? as usize;
         let (n, first) = t.ifd(ifd0)?;
         let mut gps = None;
@@ -245,14 +250,8 @@ pub mod exif {
 
     /// Whether IFD0 of `tiff` points to a GPS directory.
     pub fn has_gps(tiff: &[u8]) -> bool {
-        let little = match tiff.get(0..4) {
-            Some(b"II*\0") => true,
-            Some(b"MM\0*") => false,
-            _ => return false,
-        };
-        let t = Tiff {
-            bytes: tiff.to_vec(),
-            little,
+        let Some(t) = Tiff::parse(tiff) else {
+            return false;
         };
         let Some((n, first)) = t.u32(4).and_then(|o| t.ifd(o as usize)) else {
             return false;
