@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod event;
+pub mod file_store;
 pub mod image_store;
 pub mod outbox;
 pub mod sink;
@@ -31,6 +32,7 @@ pub mod sqlite;
 
 pub use error::{HistoryError, Result};
 pub use event::{EventKind, EventStatus, HistoryEvent, SCHEMA_VERSION};
+pub use file_store::FileStore;
 pub use image_store::{ImageStore, LocalImageStore, StoredImage};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaSink, KafkaSinkConfig};
@@ -38,7 +40,7 @@ pub use kafka::{KafkaSink, KafkaSinkConfig};
 pub use mysql::MySqlSink;
 pub use outbox::{Outbox, OutboxConfig};
 #[cfg(feature = "s3")]
-pub use s3::{S3Config, S3ImageStore};
+pub use s3::{S3Config, S3Files, S3ImageStore};
 pub use sink::{sink_from_url, FanoutSink, HistoryQuery, HistorySink, SpoolOptions, SpoolStats};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteSink;

@@ -9,6 +9,7 @@ use object_store::{Attribute, Attributes, ObjectStore, PutOptions, PutPayload};
 
 use crate::error::Result;
 use crate::image_store::{key_for, validate_key, ImageStore, StoredImage};
+use futures::TryStreamExt;
 
 /// Where the bucket is. Credentials and region missing here are read from the usual
 /// `AWS_*` environment variables.
@@ -109,5 +110,76 @@ impl S3ImageStore {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+impl S3ImageStore {
+    /// The objects `<prefix>sub/…` of this bucket, as a [`crate::FileStore`] backend.
+    pub(crate) fn files(&self, sub: &str) -> S3Files {
+        S3Files {
+            store: self.store.clone(),
+            bucket: self.bucket.clone(),
+            prefix: format!("{}{sub}/", self.prefix),
+        }
+    }
+}
+
+/// The S3 backend of [`crate::FileStore`]: objects `<prefix><name>` in one bucket. Names are
+/// checked by the `FileStore` before they get here.
+#[derive(Debug, Clone)]
+pub struct S3Files {
+    store: Arc<dyn ObjectStore>,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3Files {
+    fn path(&self, name: &str) -> ObjectPath {
+        ObjectPath::from(format!("{}{name}", self.prefix))
+    }
+
+    pub(crate) fn uri_for(&self, name: &str) -> String {
+        format!("s3://{}/{}{name}", self.bucket, self.prefix)
+    }
+
+    pub(crate) async fn put(&self, name: &str, bytes: Bytes) -> Result<()> {
+        // One PUT is atomic in S3: a reader sees the old object or the new one.
+        self.store
+            .put(&self.path(name), PutPayload::from_bytes(bytes))
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn get(&self, name: &str) -> Result<Option<Bytes>> {
+        match self.store.get(&self.path(name)).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let folder = self.path(prefix);
+        let metas: Vec<object_store::ObjectMeta> =
+            self.store.list(Some(&folder)).try_collect().await?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                m.location
+                    .as_ref()
+                    .strip_prefix(&self.prefix)
+                    .map(str::to_owned)
+            })
+            .collect())
+    }
+
+    pub(crate) async fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        for name in self.list(prefix).await? {
+            match self.store.delete(&self.path(&name)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 }

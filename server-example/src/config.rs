@@ -143,14 +143,33 @@ pub struct Config {
     #[arg(long, env = "PARTIALCONV_BATCH_WINDOW_MS", default_value_t = 0)]
     pub batch_window_ms: u64,
 
-    /// Send inference to another server-example at this base URL instead of loading a model.
-    #[arg(long, env = "PARTIALCONV_REMOTE_MODEL", value_name = "URL")]
-    pub remote_model: Option<String>,
+    /// Send inference to other server-examples (model tiers) at these base URLs instead of
+    /// loading a model: repeatable, or comma-separated in the environment variable. Requests
+    /// are spread over the tiers whose /readyz answers; one that fails is retried once on
+    /// another.
+    #[arg(
+        long = "remote-model",
+        env = "PARTIALCONV_REMOTE_MODEL",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub remote_model: Vec<String>,
 
     /// Service token (`token add --service` on the model tier) the web tier sends to the
     /// --remote-model tier, naming the user each request is for.
     #[arg(long, env = "PARTIALCONV_REMOTE_MODEL_TOKEN", value_name = "TOKEN")]
     pub remote_model_token: Option<String>,
+
+    /// Where fine-tune jobs are recorded: sqlite:PATH or mysql://…; replicas that share
+    /// it share their jobs. Default: the --history MySQL database when there is one, else
+    /// sqlite:DATA_DIR/jobs.db.
+    #[arg(long, env = "PARTIALCONV_JOBS", value_name = "URL")]
+    pub jobs: Option<String>,
+
+    /// Seconds a replica's claim on a running job lasts without a heartbeat; after that
+    /// another replica resumes the job from its last stored checkpoint.
+    #[arg(long, env = "PARTIALCONV_JOB_LEASE_SECS", default_value_t = 30)]
+    pub job_lease_secs: u64,
 
     /// Fine-tuned models kept loaded at once (least recently used first out). The server's
     /// own model is always loaded and does not count.
@@ -283,6 +302,34 @@ impl Config {
         Duration::from_secs(self.timeout_secs)
     }
 
+    /// The job database in effect: `--jobs`, else the first MySQL history sink, else
+    /// SQLite in the data folder.
+    pub fn jobs_url(&self) -> String {
+        if let Some(url) = self
+            .jobs
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            return url.to_owned();
+        }
+        self.history_urls()
+            .into_iter()
+            .find(|u| u.starts_with("mysql://"))
+            .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("jobs.db").display()))
+    }
+
+    /// Where the image owner index is: the job database when it is MySQL (shared by
+    /// replicas), else `sqlite:DATA_DIR/image-owners.db`.
+    pub fn owners_url(&self) -> String {
+        let jobs = self.jobs_url();
+        if jobs.starts_with("mysql://") {
+            jobs
+        } else {
+            format!("sqlite:{}", self.data_dir.join("image-owners.db").display())
+        }
+    }
+
     /// The history URLs in effect: the flags (each possibly `|`-joined), else the default.
     pub fn history_urls(&self) -> Vec<String> {
         let urls: Vec<String> = self
@@ -318,5 +365,19 @@ mod tests {
         assert!(c.history_urls().is_empty());
         let c = Config::parse_from(["s", "--history", "sqlite:a|kafka://h:1,h:2/t"]);
         assert_eq!(c.history_urls(), ["sqlite:a", "kafka://h:1,h:2/t"]);
+    }
+
+    #[test]
+    fn jobs_follow_a_mysql_history_unless_named() {
+        let c = Config::parse_from(["s", "--data-dir", "/d"]);
+        assert_eq!(c.jobs_url(), "sqlite:/d/jobs.db");
+        assert_eq!(c.owners_url(), "sqlite:/d/image-owners.db");
+        let c = Config::parse_from(["s", "--data-dir", "/d", "--history", "mysql://h/db"]);
+        assert_eq!(c.jobs_url(), "mysql://h/db");
+        assert_eq!(c.owners_url(), "mysql://h/db");
+        let c = Config::parse_from(["s", "--history", "mysql://h/db", "--jobs", "sqlite:j.db"]);
+        assert_eq!(c.jobs_url(), "sqlite:j.db");
+        let c = Config::parse_from(["s", "--remote-model", "http://a:1,http://b:2"]);
+        assert_eq!(c.remote_model, ["http://a:1", "http://b:2"]);
     }
 }

@@ -113,6 +113,11 @@ pub enum AppError {
     #[error("history events are still on their way to the database; retry once it is back")]
     HistoryBehind,
 
+    /// The jobs database (`--jobs`) or the file store cannot be reached; the message is
+    /// logged, not shown.
+    #[error("the fine-tune job store is unavailable; retry shortly")]
+    JobsUnavailable(String),
+
     /// No configured history sink can answer queries.
     #[error("no history sink that can answer queries is configured")]
     HistoryUnavailable,
@@ -162,6 +167,14 @@ impl AppError {
         Self::bad_request("missing_field", format!("missing field `{field}`"))
     }
 
+    /// A 503 `jobs_unavailable` for a failure of the job database or file store; the
+    /// message goes to the log only.
+    pub fn jobs(e: impl std::fmt::Display) -> Self {
+        let message = e.to_string();
+        tracing::error!("fine-tune job store: {message}");
+        Self::JobsUnavailable(message)
+    }
+
     /// A 500 whose message (from `e`) goes to the log only.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         Self::Internal(e.to_string())
@@ -190,7 +203,7 @@ impl AppError {
             Self::Overloaded | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::HistoryUnavailable => StatusCode::NOT_IMPLEMENTED,
-            Self::HistoryBehind => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HistoryBehind | Self::JobsUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Remote { status, .. } => *status,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -225,6 +238,7 @@ impl AppError {
             Self::NotReady(_) => "not_ready",
             Self::HistoryUnavailable => "history_unavailable",
             Self::HistoryBehind => "history_behind",
+            Self::JobsUnavailable(_) => "jobs_unavailable",
             Self::Remote { code, .. } => code.as_str(),
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
@@ -272,6 +286,7 @@ impl IntoResponse for AppError {
                 | Self::Timeout(_)
                 | Self::HistoryUnavailable
                 | Self::HistoryBehind
+                | Self::JobsUnavailable(_)
                 | Self::FinetuneUnavailable => self.to_string(),
                 Self::NotReady(_) => "the model is not loaded yet".to_owned(),
                 _ => "something went wrong".to_owned(),

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backend;
 pub mod codec;
 pub mod config;
+mod db;
 pub mod error;
 pub mod finetune;
 pub mod history;

@@ -80,6 +80,10 @@ pub struct Metrics {
     pub history_failures: AtomicU64,
     /// Inference workers running a batch now.
     pub busy_workers: AtomicU64,
+    /// Fine-tune steps this process trained (summed over replicas, each step once).
+    pub finetune_steps: AtomicU64,
+    /// Fine-tune jobs this process claimed from the queue, resumed ones included.
+    pub finetune_claims: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -95,6 +99,8 @@ impl Default for Metrics {
             timed_out: AtomicU64::new(0),
             history_failures: AtomicU64::new(0),
             busy_workers: AtomicU64::new(0),
+            finetune_steps: AtomicU64::new(0),
+            finetune_claims: AtomicU64::new(0),
         }
     }
 }
@@ -205,6 +211,16 @@ impl Metrics {
                 "history_record_failures_total",
                 "History events that could not be recorded (the request still succeeded).",
                 &self.history_failures,
+            ),
+            (
+                "finetune_steps_total",
+                "Fine-tune steps this process trained.",
+                &self.finetune_steps,
+            ),
+            (
+                "finetune_claims_total",
+                "Fine-tune jobs this process claimed from the shared queue (resumes included).",
+                &self.finetune_claims,
             ),
         ];
         for (name, help, c) in counters {

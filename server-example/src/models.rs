@@ -1,13 +1,16 @@
 //! Which model a request runs on: the server's own (`default`), or a fine-tuned one named
-//! by its job id. Fine-tuned models load on first use and stay in a small LRU cache.
+//! by its job id. A fine-tuned model is copied from the job file store (shared by replicas)
+//! into a local cache on first use, loads from there, and stays in a small LRU of loaded
+//! models.
 //!
-//! Model ids come from the server (UUIDs it generated), and a file path is built only
-//! from an id that parsed as one, so no request can name a path.
+//! Model ids come from the server (UUIDs it generated), and a file path or store name is built
+//! only from an id that parsed as one, so no request can name a path.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use history_sink::FileStore;
 use partialconv::{Inpainter, Precision, SelfEnsemble};
 use uuid::Uuid;
 
@@ -18,6 +21,11 @@ pub const DEFAULT_MODEL: &str = "default";
 
 /// The model file of a finished job, inside its job folder.
 pub const MODEL_FILE: &str = "model.safetensors";
+
+/// Where the model of finished job `id` is kept in the job file store.
+pub fn stored_model_name(id: Uuid) -> String {
+    format!("jobs/{id}/{MODEL_FILE}")
+}
 
 /// Why [`ModelRegistry::get`] has no model to give.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +57,11 @@ impl std::fmt::Display for ModelKey {
     }
 }
 
-/// The fine-tuned models on disk, and a small LRU cache of the loaded ones.
+/// The fine-tuned models: copies of the stored ones in a local cache folder, and a small
+/// LRU of the loaded ones.
 pub struct ModelRegistry {
-    jobs_dir: PathBuf,
+    files: FileStore,
+    cache_dir: PathBuf,
     device: tch::Device,
     ensemble: SelfEnsemble,
     precision: Precision,
@@ -62,15 +72,17 @@ pub struct ModelRegistry {
 }
 
 impl ModelRegistry {
-    /// `jobs_dir` holds one folder per job id; a finished job's folder has [`MODEL_FILE`].
+    /// Models come from `files` ([`stored_model_name`]) and are copied into `cache_dir`.
     pub fn new(
-        jobs_dir: PathBuf,
+        files: FileStore,
+        cache_dir: PathBuf,
         device: tch::Device,
         ensemble: SelfEnsemble,
         capacity: usize,
     ) -> Self {
         Self {
-            jobs_dir,
+            files,
+            cache_dir,
             device,
             ensemble,
             precision: Precision::Fp32,
@@ -86,36 +98,47 @@ impl ModelRegistry {
         self
     }
 
-    /// The folder of job `id`.
-    pub fn job_dir(&self, id: Uuid) -> PathBuf {
-        self.jobs_dir.join(id.to_string())
-    }
-
-    /// The model file of job `id` (present once the job is done).
+    /// The local copy of job `id`'s model (there once [`Self::fetch`] has run).
     pub fn model_path(&self, id: Uuid) -> PathBuf {
-        self.job_dir(id).join(MODEL_FILE)
+        self.cache_dir.join(format!("{id}.safetensors"))
     }
 
-    /// `None`, empty or `default` → the server's model; a finished job's id → its model;
-    /// anything else → 404.
-    pub fn resolve(&self, id: Option<&str>) -> Result<ModelKey, AppError> {
-        let id = match id.map(str::trim).filter(|s| !s.is_empty()) {
-            None => return Ok(ModelKey::Default),
-            Some(DEFAULT_MODEL) => return Ok(ModelKey::Default),
-            Some(id) => id,
-        };
-        let unknown = || AppError::UnknownModel(id.chars().take(64).collect());
-        let uuid = Uuid::parse_str(id).map_err(|_| unknown())?;
-        if self.model_path(uuid).is_file() {
-            Ok(ModelKey::Tuned(uuid))
-        } else {
-            Err(unknown())
+    /// `None`, empty or `default` → the server's model; a UUID → that fine-tuned model
+    /// (whether it exists is [`Self::fetch`]'s to say); anything else → 404.
+    pub fn parse(id: Option<&str>) -> Result<ModelKey, AppError> {
+        match id.map(str::trim).filter(|s| !s.is_empty()) {
+            None | Some(DEFAULT_MODEL) => Ok(ModelKey::Default),
+            Some(id) => Uuid::parse_str(id)
+                .map(ModelKey::Tuned)
+                .map_err(|_| AppError::UnknownModel(id.chars().take(64).collect())),
         }
     }
 
-    /// Drops `id` from the cache, so that a deleted model is not served from memory.
+    /// Makes sure the local cache has job `id`'s model, copying it from the store on first
+    /// use: 404 `unknown_model` when the store has none, 503 when it cannot be reached.
+    pub async fn fetch(&self, id: Uuid) -> Result<(), AppError> {
+        let path = self.model_path(id);
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Ok(());
+        }
+        let found = self
+            .files
+            .get_file(&stored_model_name(id), &path)
+            .await
+            .map_err(AppError::jobs)?;
+        if found {
+            tracing::info!(model = %id, "copied a fine-tuned model from the store");
+            Ok(())
+        } else {
+            Err(AppError::UnknownModel(id.to_string()))
+        }
+    }
+
+    /// Drops `id` from memory and from the local cache, so that a deleted model is not
+    /// served again.
     pub fn unload(&self, id: Uuid) {
         self.cache.lock().unwrap().retain(|(k, _)| *k != id);
+        let _ = std::fs::remove_file(self.model_path(id));
     }
 
     /// The loaded model for a fine-tuned id, loading it (on the calling thread) if needed.
@@ -176,12 +199,14 @@ mod tests {
     fn registry_with(n: usize, capacity: usize) -> (tempfile::TempDir, ModelRegistry, Vec<Uuid>) {
         let dir = tempfile::tempdir().unwrap();
         let reg = ModelRegistry::new(
-            dir.path().to_owned(),
+            FileStore::local(dir.path().join("store")).unwrap(),
+            dir.path().join("cache"),
             tch::Device::Cpu,
             // Not the default, so the test below sees it passed on.
             SelfEnsemble::Mirror,
             capacity,
         );
+        std::fs::create_dir_all(dir.path().join("cache")).unwrap();
         let config = PConvUNetConfig {
             layer_size: 4,
             width: 4,
@@ -189,34 +214,55 @@ mod tests {
         };
         let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
         for id in &ids {
-            std::fs::create_dir_all(reg.job_dir(*id)).unwrap();
+            let path = dir.path().join("store").join(stored_model_name(*id));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             Model::new(ModelMeta::new(config), tch::Device::Cpu)
                 .unwrap()
-                .save(&reg.model_path(*id), Storage::F32)
+                .save(&path, Storage::F32)
                 .unwrap();
         }
         (dir, reg, ids)
     }
 
-    #[test]
-    fn resolve_accepts_default_and_finished_jobs_only() {
+    #[tokio::test]
+    async fn models_come_from_the_store_and_nothing_else_names_one() {
         let (_dir, reg, ids) = registry_with(1, 2);
-        assert_eq!(reg.resolve(None).unwrap(), ModelKey::Default);
-        assert_eq!(reg.resolve(Some(" ")).unwrap(), ModelKey::Default);
-        assert_eq!(reg.resolve(Some("default")).unwrap(), ModelKey::Default);
+        assert_eq!(ModelRegistry::parse(None).unwrap(), ModelKey::Default);
+        assert_eq!(ModelRegistry::parse(Some(" ")).unwrap(), ModelKey::Default);
+        assert_eq!(
+            ModelRegistry::parse(Some("default")).unwrap(),
+            ModelKey::Default
+        );
         let id = ids[0].to_string();
-        assert_eq!(reg.resolve(Some(&id)).unwrap(), ModelKey::Tuned(ids[0]));
+        assert_eq!(
+            ModelRegistry::parse(Some(&id)).unwrap(),
+            ModelKey::Tuned(ids[0])
+        );
+        assert!(!reg.model_path(ids[0]).exists());
+        reg.fetch(ids[0]).await.unwrap();
+        assert!(reg.model_path(ids[0]).is_file(), "copied into the cache");
         assert_eq!(reg.get(ids[0]).unwrap().ensemble(), SelfEnsemble::Mirror);
-        for bad in ["../etc/passwd", "bundled", &Uuid::now_v7().to_string()] {
-            let e = reg.resolve(Some(bad)).unwrap_err();
+        for bad in ["../etc/passwd", "bundled"] {
+            let e = ModelRegistry::parse(Some(bad)).unwrap_err();
             assert_eq!(e.code(), "unknown_model", "{bad}");
         }
+        let e = reg.fetch(Uuid::now_v7()).await.unwrap_err();
+        assert_eq!(e.code(), "unknown_model");
+        reg.unload(ids[0]);
+        assert!(
+            !reg.model_path(ids[0]).exists(),
+            "a deleted model leaves the cache"
+        );
     }
 
     #[test]
     fn least_recently_used_model_is_unloaded_first() {
         let (_dir, reg, ids) = registry_with(3, 2);
         let (a, b, c) = (ids[0], ids[1], ids[2]);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        for id in &ids {
+            rt.block_on(reg.fetch(*id)).unwrap();
+        }
         reg.get(a).unwrap();
         reg.get(b).unwrap();
         reg.get(a).unwrap(); // a is now the most recent

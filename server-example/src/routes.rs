@@ -599,7 +599,7 @@ pub async fn finetune_submit(
         }
     }
     upload.user_id = caller.user(upload.user_id.take())?;
-    let prepared = jobs.prepare(upload).await?;
+    let prepared = jobs.prepare(upload, caller.scope()).await?;
     let status = jobs.submit(prepared).await?;
     let id = status.job_id;
     Ok((
@@ -627,7 +627,7 @@ pub async fn finetune_list(
 ) -> Result<Json<serde_json::Value>, AppError> {
     let Query(p) = params?;
     let user = caller.user(p.user_id)?;
-    let jobs = state.finetune()?.list(user.as_deref());
+    let jobs = state.finetune()?.list(user.as_deref()).await?;
     Ok(Json(serde_json::json!({ "jobs": jobs })))
 }
 
@@ -637,7 +637,7 @@ pub async fn finetune_status(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, AppError> {
-    Ok(Json(state.finetune()?.status(&id, caller.scope())?))
+    Ok(Json(state.finetune()?.status(&id, caller.scope()).await?))
 }
 
 /// How long `DELETE` waits for a running job to save its checkpoint and stop.
@@ -668,7 +668,7 @@ pub async fn finetune_events(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
-    let (rx, closing) = state.finetune()?.subscribe(&id, caller.scope())?;
+    let (rx, closing) = state.finetune()?.subscribe(&id, caller.scope()).await?;
     let stream = futures_util::stream::unfold(
         (rx, closing, true, false),
         |(mut rx, mut closing, first, over)| async move {
@@ -716,6 +716,7 @@ pub async fn models(
     let loaded = state.models.loaded();
     for job in jobs
         .finished()
+        .await?
         .into_iter()
         .filter(|j| caller.may_see(&j.user_id))
     {
@@ -742,7 +743,7 @@ pub async fn delete_model(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, AppError> {
-    let status = state.finetune()?.delete(&id, caller.scope())?;
+    let status = state.finetune()?.delete(&id, caller.scope()).await?;
     Ok(Json(
         serde_json::json!({ "deleted": status.job_id, "state": status.state }),
     ))

@@ -12,11 +12,10 @@ use image::{ImageDecoder, ImageReader};
 use partialconv::{SelfEnsemble, Strategy};
 use uuid::Uuid;
 
-use crate::backend::Backend;
 use crate::codec::OutputFormat;
 use crate::error::AppError;
 use crate::identity::{check_user_id, ANONYMOUS};
-use crate::models::ModelKey;
+use crate::models::{ModelKey, ModelRegistry};
 use crate::pool::{JobInput, JobOutput};
 use crate::state::AppState;
 
@@ -132,7 +131,7 @@ pub async fn inpaint(state: &AppState, req: InpaintRequest) -> Result<Inpainted,
         }));
     }
     let user_id = check_user_id(req.user_id)?;
-    let model = resolve_model(state, req.model.as_deref(), req.scope.as_deref())?;
+    let model = resolve_model(state, req.model.as_deref(), req.scope.as_deref()).await?;
     let parent = match req.parent_event_id {
         // A web tier has checked the parent before calling its model tier.
         Some(id) if req.record => check_parent(state, id, user_id.as_deref()).await?,
@@ -280,32 +279,19 @@ async fn check_parent(
 }
 
 /// The model a request names; another user's fine-tuned model is as unknown as one that does
-/// not exist. A web tier (`--remote-model`) has no model files: it passes any well-formed id
-/// on, and the model tier answers 404 for unknown ones.
-fn resolve_model(
+/// not exist. A fine-tuned model is copied here from the job store before the request is
+/// queued. A web tier (`--remote-model`) has no models: it passes any well-formed id on, and
+/// the model tier answers 404 for unknown ones.
+async fn resolve_model(
     state: &AppState,
     id: Option<&str>,
     scope: Option<&str>,
 ) -> Result<ModelKey, AppError> {
-    match &*state.backend {
-        Backend::Local(_) => {
-            let key = state.models.resolve(id)?;
-            if let (ModelKey::Tuned(uuid), Some(me)) = (key, scope) {
-                let owner = state.finetune.as_ref().and_then(|f| f.owner(uuid));
-                if owner.as_deref() != Some(me) {
-                    return Err(AppError::UnknownModel(uuid.to_string()));
-                }
-            }
-            Ok(key)
-        }
-        Backend::Remote(_) => match id.map(str::trim).filter(|s| !s.is_empty()) {
-            None | Some(crate::models::DEFAULT_MODEL) => Ok(ModelKey::Default),
-            Some(s) => s
-                .parse()
-                .map(ModelKey::Tuned)
-                .map_err(|_| AppError::UnknownModel(s.chars().take(64).collect())),
-        },
+    let key = ModelRegistry::parse(id)?;
+    if let (ModelKey::Tuned(uuid), Some(jobs)) = (key, &state.finetune) {
+        jobs.usable_model(uuid, scope).await?;
     }
+    Ok(key)
 }
 
 /// `/images/{key}` for a store URI (`file:///…/<key>` or `s3://bucket/…/<key>`).

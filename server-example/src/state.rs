@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use history_sink::{
-    sink_from_url, FanoutSink, HistoryError, HistorySink, ImageStore, SpoolOptions,
+    sink_from_url, FanoutSink, FileStore, HistoryError, HistorySink, ImageStore, SpoolOptions,
 };
 use tokio::sync::Semaphore;
 
 use crate::auth::Auth;
 use crate::backend::{Backend, Remote};
 use crate::config::Config;
-use crate::finetune::{FineTunes, FinetuneSettings};
+use crate::finetune::{FineTunes, FinetuneSettings, JobQueue, JobsConfig};
 use crate::metrics::Metrics;
 use crate::models::ModelRegistry;
 use crate::owners::ImageOwners;
@@ -120,22 +120,26 @@ impl AppState {
         let images = open_images(cfg)?;
         let owners = match &images {
             Some(_) => {
-                let path = cfg.data_dir.join("image-owners.db");
-                let owners = ImageOwners::open(&path)
+                let url = cfg.owners_url();
+                let owners = ImageOwners::open(&url)
                     .await
-                    .map_err(|e| StartupError::Config(format!("{}: {e}", path.display())))?;
+                    .map_err(|e| StartupError::Config(format!("image owner index {url}: {e}")))?;
                 Some(Arc::new(owners))
             }
             None => None,
         };
-        let device = match &cfg.remote_model {
-            Some(_) => tch::Device::Cpu,
-            None => partialconv::inpainter::parse_device(&cfg.device)?,
+        let remote = !cfg.remote_model.is_empty();
+        let device = if remote {
+            tch::Device::Cpu
+        } else {
+            partialconv::inpainter::parse_device(&cfg.device)?
         };
         let finetune_dir = cfg.data_dir.join("finetune");
+        let files = job_files(cfg, images.as_deref())?;
         let models = Arc::new(
             ModelRegistry::new(
-                finetune_dir.join("jobs"),
+                files.clone(),
+                finetune_dir.join("models"),
                 device,
                 cfg.ensemble,
                 cfg.loaded_models,
@@ -143,44 +147,60 @@ impl AppState {
             .with_precision(cfg.precision),
         );
         let intra_op_threads = threads::default_intra_op_threads();
-        let (backend, finetune) = match &cfg.remote_model {
-            Some(url) => (
+        let (backend, finetune) = if remote {
+            (
                 Backend::Remote(Box::new(Remote::new(
-                    url,
+                    &cfg.remote_model,
                     cfg.remote_model_token.clone(),
                     cfg.workers,
                     cfg.queue,
                     cfg.timeout(),
                 ))),
                 None,
-            ),
-            None => {
-                let pool = Pool::start(
-                    PoolSettings {
-                        model: cfg.model.clone(),
-                        device,
-                        ensemble: cfg.ensemble,
-                        precision: cfg.precision,
-                        workers: cfg.workers,
-                        queue: cfg.queue,
-                        batch_max: cfg.batch_max,
-                        batch_window: Duration::from_millis(cfg.batch_window_ms),
-                        max_pixels: cfg.max_pixels,
-                        intra_op_threads: Some(intra_op_threads),
-                    },
-                    metrics.clone(),
-                    models.clone(),
-                );
-                let finetune = FineTunes::open(
-                    finetune_dir.clone(),
-                    finetune_settings(cfg, device),
-                    models.clone(),
-                    history.clone(),
-                    metrics.clone(),
-                )
-                .map_err(|e| StartupError::Config(format!("{}: {e}", finetune_dir.display())))?;
-                (Backend::Local(pool), Some(Arc::new(finetune)))
+            )
+        } else {
+            let pool = Pool::start(
+                PoolSettings {
+                    model: cfg.model.clone(),
+                    device,
+                    ensemble: cfg.ensemble,
+                    precision: cfg.precision,
+                    workers: cfg.workers,
+                    queue: cfg.queue,
+                    batch_max: cfg.batch_max,
+                    batch_window: Duration::from_millis(cfg.batch_window_ms),
+                    max_pixels: cfg.max_pixels,
+                    intra_op_threads: Some(intra_op_threads),
+                },
+                metrics.clone(),
+                models.clone(),
+            );
+            let url = cfg.jobs_url();
+            let queue = JobQueue::open(&url)
+                .await
+                .map_err(|e| StartupError::Config(format!("job database {url}: {e}")))?;
+            if cfg.job_lease_secs < 3 {
+                return Err(StartupError::Config(
+                    "--job-lease-secs must be at least 3 (heartbeats go every third of it)".into(),
+                ));
             }
+            let jobs = JobsConfig {
+                root: finetune_dir.clone(),
+                queue,
+                files,
+                replica: replica_name(),
+                lease: Duration::from_secs(cfg.job_lease_secs),
+            };
+            let finetune = FineTunes::open(
+                jobs,
+                finetune_settings(cfg, device),
+                models.clone(),
+                history.clone(),
+                metrics.clone(),
+            )
+            .await
+            .map_err(|e| StartupError::Config(format!("{}: {e}", finetune_dir.display())))?;
+            (Backend::Local(pool), Some(Arc::new(finetune)))
         };
         let admitted = 2 * (cfg.workers.max(1) + cfg.queue);
         Ok(Self {
@@ -233,6 +253,33 @@ impl AppState {
             .as_ref()
             .ok_or(crate::AppError::FinetuneUnavailable)
     }
+}
+
+/// Where fine-tune jobs keep their files: beside the images (the same folder or bucket), so
+/// replicas that share images share jobs; in the data folder with `--images none`.
+fn job_files(cfg: &Config, images: Option<&ImageStore>) -> Result<FileStore, StartupError> {
+    let store = match images {
+        Some(images) => FileStore::beside(images, "finetune"),
+        None => FileStore::local(cfg.data_dir.join("finetune").join("store")),
+    };
+    store.map_err(|source| StartupError::Images {
+        spec: cfg.images.clone().unwrap_or_else(|| "images".into()),
+        source,
+    })
+}
+
+/// This process's name in job claims: host and process id, unique among live replicas.
+fn replica_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let host = if ok {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "localhost".to_owned()
+    };
+    format!("{host}:{}", std::process::id())
 }
 
 fn ensure_dir(dir: &Path) -> Result<(), StartupError> {

@@ -10,56 +10,14 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
-use image::{Rgb, RgbImage};
 use serde_json::Value;
 
-/// Small crops and batches, so jobs finish in seconds.
-const TINY: &[&str] = &[
-    "--finetune-train-size",
-    "32",
-    "--finetune-val-size",
-    "32",
-    "--finetune-batch",
-    "2",
-    "--finetune-val-every",
-    "1000",
-    "--finetune-checkpoint-every",
-    "2",
-    "--finetune-max-steps",
-    "1000000",
-];
-
 fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    TINY.iter().copied().chain(extra.iter().copied()).collect()
-}
-
-/// Smooth gradients with a soft blob that moves with `i`: a photo "domain".
-fn photo(i: u32, w: u32, h: u32) -> Vec<u8> {
-    png(RgbImage::from_fn(w, h, |x, y| {
-        let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
-        let blob = (-((fx - 0.3 - 0.05 * i as f32).powi(2) + (fy - 0.6).powi(2)) * 20.0).exp();
-        Rgb([
-            (255.0 * (0.2 + 0.6 * fx)) as u8,
-            (255.0 * (0.3 + 0.5 * fy * (1.0 - blob))) as u8,
-            (255.0 * (0.1 + 0.8 * blob)) as u8,
-        ])
-    }))
-}
-
-fn photos(n: u32) -> Vec<Vec<u8>> {
-    (0..n).map(|i| photo(i, 64, 48)).collect()
-}
-
-fn job_form(files: Vec<Vec<u8>>) -> reqwest::multipart::Form {
-    files
-        .into_iter()
-        .enumerate()
-        .fold(reqwest::multipart::Form::new(), |f, (i, bytes)| {
-            f.part(
-                "images",
-                reqwest::multipart::Part::bytes(bytes).file_name(format!("p{i}.png")),
-            )
-        })
+    TINY_FINETUNE
+        .iter()
+        .copied()
+        .chain(extra.iter().copied())
+        .collect()
 }
 
 /// The step stored inside a trainer checkpoint file, to check it against a job's status.
@@ -74,15 +32,35 @@ fn checkpoint_file_step(path: &std::path::Path) -> u64 {
     v["step"].as_u64().unwrap()
 }
 
-fn read_job_json(dir: &std::path::Path, id: &str) -> Value {
-    let path = dir.join(format!("finetune/jobs/{id}/job.json"));
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+/// A job's record in the data folder's job database, read while no server runs; the row's
+/// `state` is the one that counts.
+async fn read_job(dir: &std::path::Path, id: &str) -> Value {
+    use sqlx::Connection;
+    let url = format!("sqlite:{}", dir.join("jobs.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let (status, state): (String, String) =
+        sqlx::query_as("SELECT status, state FROM finetune_jobs WHERE job_id = ?")
+            .bind(id)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    let mut v: Value = serde_json::from_str(&status).unwrap();
+    v["state"] = state.into();
+    v
 }
 
-/// Every file under `dir`, recursively.
+/// Where the default (local) job store keeps job `id`'s files.
+fn stored(dir: &std::path::Path, id: &str) -> std::path::PathBuf {
+    dir.join(format!("images/finetune/jobs/{id}"))
+}
+
+/// Every file under `dir`, recursively; none when it does not exist.
 fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries {
         let path = entry.unwrap().path();
         if path.is_dir() {
             out.extend(files_under(&path));
@@ -383,15 +361,14 @@ async fn restart_keeps_jobs_and_models_resumes_the_running_job_and_cancel_keeps_
         .await;
     assert_eq!(a.job(&queued).await["state"], "queued");
     a.stop().await;
-    // On disk after the stop: still running, with a checkpoint at the step it stopped at.
-    let run_dir = dir.path().join(format!("finetune/jobs/{long}/run"));
-    let checkpoint = run_dir.join("checkpoint.safetensors");
-    let stopped = read_job_json(dir.path(), &long);
+    // Kept after the stop: still running, with a stored checkpoint at the step it stopped at.
+    let checkpoint = stored(dir.path(), &long).join("checkpoint.safetensors");
+    let stopped = read_job(dir.path(), &long).await;
     assert_eq!(stopped["state"], "running", "{stopped}");
     let stopped_at = stopped["checkpoint_step"].as_u64().unwrap();
     assert!(stopped_at >= before["checkpoint_step"].as_u64().unwrap());
     assert_eq!(checkpoint_file_step(&checkpoint), stopped_at);
-    assert_eq!(read_job_json(dir.path(), &queued)["state"], "queued");
+    assert_eq!(read_job(dir.path(), &queued).await["state"], "queued");
 
     let b = start_in(dir.clone(), &args(&[]), |_| {}).await;
     let list: Value = b.get("/api/v1/finetune").await.json().await.unwrap();
@@ -442,7 +419,7 @@ async fn restart_keeps_jobs_and_models_resumes_the_running_job_and_cancel_keeps_
         step,
         "the kept checkpoint is the one taken at the cancel"
     );
-    assert_eq!(read_job_json(dir.path(), &long)["state"], "cancelled");
+    assert_eq!(read_job(dir.path(), &long).await["state"], "cancelled");
     assert!(!b.models().await.iter().any(|m| m["id"] == long.as_str()));
     let r = b.cancel(&long).await;
     assert_eq!(error_code(r).await, (409, "job_finished".into()));
@@ -605,7 +582,7 @@ async fn every_limit_gets_a_4xx_json_and_the_server_keeps_serving() {
         .collect();
     assert!(stray.is_empty(), "{stray:?}");
     assert!(!root.join("escape0.png").exists());
-    let job_dir = s.data_dir.path().join(format!("finetune/jobs/{id}"));
+    let job_dir = stored(s.data_dir.path(), &id);
     let mut photos_written: Vec<String> = ["train", "val"]
         .iter()
         .flat_map(|sub| files_under(&job_dir.join(sub)))
@@ -735,4 +712,75 @@ async fn a_failing_job_reports_its_error_and_a_failed_event() {
     assert_eq!(failed["strategy"], "failed");
     assert_eq!(failed["status"], "error");
     assert!(failed["error"].as_str().unwrap().contains("vgg19"));
+}
+
+/// A job as version 0.2 kept it: `finetune/jobs/<id>/job.json` beside its photos (and model).
+fn legacy_job(data: &std::path::Path, user: &str, state: &str, steps: u64) -> String {
+    let id = uuid::Uuid::now_v7();
+    let dir = data.join(format!("finetune/jobs/{id}"));
+    std::fs::create_dir_all(dir.join("train")).unwrap();
+    std::fs::create_dir_all(dir.join("val")).unwrap();
+    for (i, p) in photos(3).into_iter().enumerate() {
+        std::fs::write(dir.join(format!("train/{i:04}.png")), p).unwrap();
+    }
+    let done = state == "done";
+    if done {
+        std::fs::copy(tiny_model(), dir.join("model.safetensors")).unwrap();
+    }
+    let status = serde_json::json!({
+        "job_id": id, "state": state, "user_id": user, "name": "from 0.2",
+        "base_model": "default", "created_at": "2026-12-01T10:00:00.000Z",
+        "started_at": done.then_some("2026-12-01T10:00:01.000Z"),
+        "finished_at": done.then_some("2026-12-01T10:00:09.000Z"),
+        "step": if done { steps } else { 0 }, "total_steps": steps, "loss": null,
+        "val_psnr": null, "eta_s": null,
+        "images": {"received": 3, "skipped": 0, "train": 3, "holdout": 0, "bytes": 1},
+        "validation": {"holdout_images": 0, "base": null, "finetuned": null},
+        "checkpoint_step": null, "resumed_from_step": null, "error": null
+    });
+    std::fs::write(dir.join("job.json"), status.to_string()).unwrap();
+    id.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_an_earlier_version_kept_on_disk_are_imported_at_the_first_start() {
+    let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let done = legacy_job(data.path(), "ida", "done", 4);
+    let queued = legacy_job(data.path(), "ida", "queued", 3);
+    // A folder whose submit never finished has no job.json: left alone.
+    std::fs::create_dir_all(
+        data.path()
+            .join(format!("finetune/jobs/{}", uuid::Uuid::now_v7())),
+    )
+    .unwrap();
+
+    let s = start_in(data.clone(), &args(&[]), |_| {}).await;
+    let v = s.job(&done).await;
+    assert_eq!(
+        (v["state"].as_str(), v["name"].as_str()),
+        (Some("done"), Some("from 0.2"))
+    );
+    assert!(s.models().await.iter().any(|m| m["id"] == done.as_str()));
+    let (img, mask) = small_pair();
+    let r = s.inpaint(form(img, mask).text("model", done.clone())).await;
+    assert_eq!(r.status(), 200, "the imported model serves");
+    s.wait_job(&queued, "the imported queued job", |v| v["state"] == "done")
+        .await;
+    // Moved into the store; the old folders are kept aside, not read again.
+    assert!(stored(data.path(), &done)
+        .join("model.safetensors")
+        .is_file());
+    assert!(data
+        .path()
+        .join(format!("finetune/imported/{done}/job.json"))
+        .is_file());
+    assert!(!data.path().join(format!("finetune/jobs/{done}")).exists());
+    s.stop().await;
+    let again = start_in(data.clone(), &args(&[]), |_| {}).await;
+    let list: Value = again.get("/api/v1/finetune").await.json().await.unwrap();
+    assert_eq!(
+        list["jobs"].as_array().unwrap().len(),
+        2,
+        "imported once: {list}"
+    );
 }

@@ -12,12 +12,12 @@ mod common;
 mod services;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{form, metric, small_pair, tiny_model};
+use common::process::{Process, Server};
+use common::{metric, tiny_model};
 use services::{free_port, skip_services, Storage, Tansu, TestDb};
 use sqlx::{Connection, MySqlConnection};
 
@@ -43,128 +43,7 @@ fn history_service_binary() -> PathBuf {
     bin
 }
 
-/// A process the test starts, may kill with SIGKILL (no shutdown hook runs) and start
-/// again; killed when dropped.
-#[derive(Default)]
-struct Process(Option<Child>);
-
-impl Process {
-    fn start(&mut self, child: Child) {
-        assert!(self.0.is_none(), "already running");
-        self.0 = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn assert_running(&mut self, what: &str) {
-        let exited = self.0.as_mut().map(|c| c.try_wait().unwrap());
-        assert!(matches!(exited, Some(None)), "{what} is not running");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The `server-example` binary on a data dir of its own, on a free port.
-struct Server {
-    child: Process,
-    url: String,
-    data_dir: PathBuf,
-    args: Vec<String>,
-    client: reqwest::Client,
-}
-
 impl Server {
-    async fn start(data_dir: &Path, args: &[&str]) -> Self {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let mut s = Self {
-            child: Process::default(),
-            url: String::new(),
-            data_dir: data_dir.to_owned(),
-            args,
-            client: reqwest::Client::new(),
-        };
-        s.restart().await;
-        s
-    }
-
-    /// Starts the process (again, on the same data dir) and waits until it is ready.
-    async fn restart(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_server-example"))
-            .args(["--bind", "127.0.0.1:0", "--data-dir"])
-            .arg(&self.data_dir)
-            .arg("--model")
-            .arg(tiny_model())
-            .args(["--ensemble", "single"])
-            .args(&self.args)
-            .env("RUST_LOG", "warn,history_sink=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let line = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).unwrap();
-            line
-        })
-        .await
-        .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("server-example listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        self.url = addr.trim_end_matches('/').to_owned();
-        self.child.start(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.readyz().await.is_none() {
-            assert!(Instant::now() < deadline, "server not ready after 60 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn readyz(&self) -> Option<serde_json::Value> {
-        let r = self
-            .client
-            .get(format!("{}/readyz", self.url))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())?;
-        r.json().await.ok()
-    }
-
-    /// One inpaint request: its event id and how long it took.
-    async fn inpaint(&self, user: &str) -> (uuid::Uuid, Duration) {
-        let (img, mask) = small_pair();
-        let start = Instant::now();
-        let r = self
-            .client
-            .post(format!("{}/api/v1/inpaint", self.url))
-            .multipart(form(img, mask).text("user_id", user.to_owned()))
-            .send()
-            .await
-            .unwrap();
-        let took = start.elapsed();
-        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-        let id = r.headers()["x-event-id"].to_str().unwrap().parse().unwrap();
-        r.bytes().await.unwrap();
-        (id, took)
-    }
-
-    async fn metrics(&self) -> String {
-        let r = self.client.get(format!("{}/metrics", self.url)).send();
-        r.await.unwrap().text().await.unwrap()
-    }
-
     /// Waits until `/readyz` reports the sink as spooling (a delivery attempt has failed).
     async fn wait_spooling(&self) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -179,11 +58,6 @@ impl Server {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-
-    /// SIGKILL: no shutdown hook runs.
-    fn kill(&mut self) {
-        self.child.kill();
     }
 }
 
@@ -203,7 +77,9 @@ impl HistoryService {
             .stderr(log)
             .spawn()
             .unwrap();
-        Self(Process(Some(child)))
+        let mut process = Process::default();
+        process.start(child);
+        Self(process)
     }
 
     fn assert_running(&mut self) {

@@ -2,6 +2,9 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
+use common::process::Server;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -202,4 +205,50 @@ async fn the_new_fields_reach_the_model_tier_and_a_jpeg_gets_its_master() {
         .await
         .unwrap();
     assert_eq!(v["events"][0]["parent_event_id"], first.as_str());
+}
+
+/// The inpaint requests a model tier has answered with 200.
+async fn served(tier: &Server) -> f64 {
+    metric(
+        &tier.metrics().await,
+        "http_requests_total{method=\"POST\",route=\"/api/v1/inpaint\",status=\"200\"}",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_web_tier_with_two_model_tiers_keeps_answering_when_one_is_killed() {
+    // Processes of the real binary, so that one can die as a machine does: SIGKILL.
+    let args = ["--history", "none", "--images", "none"];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, mut b) = tokio::join!(
+        Server::start(dir_a.path(), &args),
+        Server::start(dir_b.path(), &args)
+    );
+    // `b` with a trailing slash, as an operator may write it.
+    let web = start(&["--remote-model", &format!("{},{}/", a.url, b.url)]).await;
+    let (img, mask) = small_pair();
+
+    // Both tiers take a share. Until the first poll has seen both ready, requests may all go
+    // to one, hence a few tries.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served(&a).await == 0.0 || served(&b).await == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "requests never reached both tiers"
+        );
+        let r = web.inpaint(form(img.clone(), mask.clone())).await;
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Right after the kill the web tier still thinks `b` ready; a request that finds it gone
+    // is sent again, to `a`.
+    b.kill();
+    let before = served(&a).await;
+    for i in 0..10 {
+        let r = web.inpaint(form(img.clone(), mask.clone())).await;
+        assert_eq!(r.status(), 200, "request {i} after the kill");
+        assert_eq!(web.get("/readyz").await.status(), 200);
+    }
+    assert_eq!(served(&a).await, before + 10.0);
 }

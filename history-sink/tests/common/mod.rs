@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, MySqlConnection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// True when the caller asked to skip service-backed tests.
 pub fn skip_services(test: &str) -> bool {
@@ -350,4 +351,75 @@ impl Proxy {
 
 pub fn spool_dir(base: &Path) -> PathBuf {
     base.join("spool")
+}
+
+/// `moto_server`, the S3 stand-in, killed when dropped.
+pub struct Moto(Option<Child>);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `HISTORY_TEST_MOTO`, else `moto_server` on `PATH`, else the one `make services` installs.
+pub fn moto_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("HISTORY_TEST_MOTO") {
+        return p.into();
+    }
+    if let Some(p) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("moto_server"))
+            .find(|p| p.is_file())
+    }) {
+        return p;
+    }
+    PathBuf::from(std::env::var("HOME").unwrap_or_default())
+        .join(".cache/partialconv/venv-moto/bin/moto_server")
+}
+
+/// `HISTORY_TEST_S3_ENDPOINT`, else a `moto_server` of the test's own on a free port.
+pub async fn moto_endpoint() -> (String, Moto) {
+    if let Ok(ep) = std::env::var("HISTORY_TEST_S3_ENDPOINT") {
+        return (ep, Moto(None));
+    }
+    let bin = moto_binary();
+    assert!(
+        bin.is_file(),
+        "moto_server not found at {} — `pip install 'moto[server]'`, set HISTORY_TEST_MOTO or \
+         HISTORY_TEST_S3_ENDPOINT, or set HISTORY_TEST_SKIP_SERVICES=1 to skip",
+        bin.display()
+    );
+    let port = free_port();
+    let child = Command::new(&bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "moto_server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (format!("http://127.0.0.1:{port}"), Moto(Some(child)))
+}
+
+/// Creates a bucket with a plain HTTP PUT (moto does not check signatures).
+pub async fn create_bucket(endpoint: &str, bucket: &str) {
+    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = tokio::net::TcpStream::connect(hostport).await.unwrap();
+    let req = format!(
+        "PUT /{bucket} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
 }

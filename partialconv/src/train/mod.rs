@@ -60,6 +60,9 @@ pub struct Progress {
     pub eta: Duration,
     /// Set on steps that ran validation.
     pub val: Option<ValReport>,
+    /// Set on steps whose checkpoint (`run_dir/checkpoint.safetensors`) was written before
+    /// this report, so that a caller can copy it elsewhere (a shared store) from here.
+    pub checkpoint: bool,
 }
 
 /// The weighted loss terms of one step, as numbers (see [`crate::train::loss::LossTerms`]).
@@ -362,6 +365,12 @@ impl FineTuner {
             } else {
                 None
             };
+            // A scheduled checkpoint before the report, so the caller sees it on disk; one
+            // for a stop after it, since the caller's answer decides the stop.
+            let checkpoint = self.step.is_multiple_of(self.cfg.checkpoint_every);
+            if checkpoint {
+                self.save_checkpoint()?;
+            }
             let done = (self.step - first_step) as f64;
             let per_step = start.elapsed().as_secs_f64() / done;
             let progress = Progress {
@@ -373,10 +382,11 @@ impl FineTuner {
                 elapsed: start.elapsed(),
                 eta: Duration::from_secs_f64(per_step * (self.cfg.steps - self.step) as f64),
                 val: val.clone(),
+                checkpoint,
             };
             self.record(&mut log, &progress)?;
             let stop = callback(&progress).is_break() || self.cancel.is_cancelled();
-            if stop || self.step.is_multiple_of(self.cfg.checkpoint_every) {
+            if stop && !checkpoint {
                 self.save_checkpoint()?;
             }
             if let Some(n) = self.cfg.snapshot_every {

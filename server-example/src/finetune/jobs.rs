@@ -1,5 +1,6 @@
-//! The job manager, [`FineTunes`]: admits uploads, queues jobs, answers status, list,
-//! events and cancel, and owns the training thread.
+//! The job manager, [`FineTunes`]: admits uploads, queues jobs in SQL, answers status, list,
+//! events and cancel from the shared record (so every replica answers for every job), and
+//! owns this replica's training thread.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,37 +8,83 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use history_sink::HistorySink;
+use history_sink::{FileStore, HistorySink};
 use tokio::sync::{watch, Semaphore, SemaphorePermit};
 use uuid::Uuid;
 
+use super::queue::JobQueue;
 use super::settings::FinetuneSettings;
 use super::status::{now, ImageCounts, JobState, JobStatus, Validation};
-use super::store::{self, active_jobs, parse_job_id, write_status, Entry, Table};
+use super::store::{self, job_prefix, photo_name};
 use super::upload::{self, holdout, Prepared, Upload};
 use crate::error::AppError;
 use crate::identity;
 use crate::metrics::Metrics;
-use crate::models::ModelRegistry;
+use crate::models::{ModelKey, ModelRegistry};
 
 /// Fine-tune uploads read and checked at once: each may hold the largest allowed body in
 /// memory, so this bounds what uploads take to about this many times `--finetune-max-mb`.
 const CONCURRENT_UPLOADS: usize = 2;
 
+/// How often an event stream reads its job's record: progress written by whichever
+/// replica trains the job reaches every replica's streams this fast.
+const EVENTS_POLL: Duration = Duration::from_millis(200);
+
+/// How often a waiting cancel reads the job's record.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
 /// What the handle and the training thread share.
 pub(super) struct Inner {
     pub(super) settings: FinetuneSettings,
-    pub(super) table: Mutex<Table>,
-    /// Wakes the training thread: a job was queued, or the server is stopping.
+    pub(super) queue: JobQueue,
+    /// Photos, checkpoints and models, shared by the replicas.
+    pub(super) files: FileStore,
+    /// This replica's work folders, `DATA_DIR/finetune/work`.
+    pub(super) work: PathBuf,
+    /// This replica's name in claims (`host:pid`).
+    pub(super) replica: String,
+    /// How long a claim lasts without a heartbeat (`--job-lease-secs`).
+    pub(super) lease: Duration,
+    /// The job this replica trains, if any.
+    pub(super) running: Mutex<Option<Running>>,
+    /// The id of the job this replica has just started to train: wakes the event streams
+    /// waiting for it, so that they follow it step by step from its first step.
+    pub(super) started: watch::Sender<Option<Uuid>>,
+    /// Set (and `wake` notified) when a job was queued here or the server is stopping.
+    pub(super) kick: Mutex<bool>,
     pub(super) wake: Condvar,
     pub(super) shutdown: AtomicBool,
     /// Flips to true on shutdown, ending the event streams.
     pub(super) closing: watch::Sender<bool>,
     pub(super) history: Option<Arc<dyn HistorySink>>,
     pub(super) metrics: Arc<Metrics>,
-    /// The server's runtime, for sending history events from the training thread.
+    /// The server's runtime, for the database, the store and history from the training
+    /// thread.
     pub(super) runtime: tokio::runtime::Handle,
     pub(super) models: Arc<ModelRegistry>,
+}
+
+/// The job this replica trains: what a cancel or an event stream asked here reaches directly.
+pub(super) struct Running {
+    pub(super) id: Uuid,
+    /// Stops the trainer after its current step.
+    pub(super) cancel: Arc<AtomicBool>,
+    /// Every status change, step by step (the record gets them at most every 250 ms).
+    pub(super) live: watch::Receiver<JobStatus>,
+}
+
+/// Where the jobs live and how this replica takes part.
+pub struct JobsConfig {
+    /// `DATA_DIR/finetune`: this replica's work folders, and jobs of an earlier version.
+    pub root: PathBuf,
+    /// The job records.
+    pub queue: JobQueue,
+    /// Photos, checkpoints and models.
+    pub files: FileStore,
+    /// This replica's name in claims.
+    pub replica: String,
+    /// How long a claim lasts without a heartbeat.
+    pub lease: Duration,
 }
 
 /// The job manager: one per server.
@@ -54,22 +101,36 @@ impl Drop for FineTunes {
 }
 
 impl FineTunes {
-    /// Loads the jobs kept under `root` and starts the training thread, which picks up a job
-    /// that was running when the server stopped (from its checkpoint), then the queued ones.
-    /// Must be called inside a tokio runtime (history events are sent from it).
-    pub fn open(
-        root: PathBuf,
+    /// Imports the jobs an earlier version kept on disk, then starts the training thread,
+    /// which claims jobs from the shared queue: a running one whose replica stopped first
+    /// (from its last checkpoint), then the oldest queued one. Must be called inside a tokio
+    /// runtime.
+    pub async fn open(
+        jobs: JobsConfig,
         settings: FinetuneSettings,
         models: Arc<ModelRegistry>,
         history: Option<Arc<dyn HistorySink>>,
         metrics: Arc<Metrics>,
-    ) -> std::io::Result<Self> {
-        let jobs_dir = root.join("jobs");
-        std::fs::create_dir_all(&jobs_dir)?;
-        let table = store::load(&jobs_dir)?;
+    ) -> Result<Self, String> {
+        let imported = store::import_legacy(&jobs.root, &jobs.queue, &jobs.files).await?;
+        if imported > 0 {
+            tracing::info!(
+                "imported {imported} fine-tune jobs from {}",
+                jobs.root.display()
+            );
+        }
+        let work = jobs.root.join("work");
+        std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
         let inner = Arc::new(Inner {
             settings,
-            table: Mutex::new(table),
+            queue: jobs.queue,
+            files: jobs.files,
+            work,
+            replica: jobs.replica,
+            lease: jobs.lease,
+            running: Mutex::new(None),
+            started: watch::Sender::new(None),
+            kick: Mutex::new(false),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
             closing: watch::Sender::new(false),
@@ -82,7 +143,8 @@ impl FineTunes {
             let inner = inner.clone();
             std::thread::Builder::new()
                 .name("finetune".into())
-                .spawn(move || inner.work())?
+                .spawn(move || inner.work())
+                .map_err(|e| e.to_string())?
         };
         Ok(Self {
             inner,
@@ -96,30 +158,40 @@ impl FineTunes {
         &self.inner.settings
     }
 
+    /// This replica's name, as jobs it trains record it.
+    pub fn replica(&self) -> &str {
+        &self.inner.replica
+    }
+
     /// A slot for one upload, taken before its body is read (a permit taken only after
     /// the body is in memory would bound nothing); 503 while all are taken.
     pub fn admit_upload(&self) -> Result<SemaphorePermit<'_>, AppError> {
         self.uploads.try_acquire().map_err(|_| AppError::Overloaded)
     }
 
-    /// Checks an upload off the async threads.
-    pub async fn prepare(&self, upload: Upload) -> Result<Prepared, AppError> {
+    /// Checks an upload off the async threads; a base model must be a finished job that
+    /// `scope` may see.
+    pub async fn prepare(&self, upload: Upload, scope: Option<&str>) -> Result<Prepared, AppError> {
         // Before decoding every photo: a user already at the limit gets the 429 cheaply.
-        // `submit` checks again, under the lock, for uploads that race.
+        // `submit` checks again, atomically, for uploads that race.
         if let Ok(user) = identity::user_or_anonymous(upload.user_id.clone()) {
-            self.check_quota(&user)?;
+            self.check_quota(&user).await?;
         }
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || upload::prepare(upload, &inner.settings, &inner.models))
-            .await
-            .map_err(AppError::internal)?
+        let prepared =
+            tokio::task::spawn_blocking(move || upload::prepare(upload, &inner.settings))
+                .await
+                .map_err(AppError::internal)??;
+        if let ModelKey::Tuned(base) = prepared.base {
+            self.usable_model(base, scope).await?;
+        }
+        Ok(prepared)
     }
 
-    /// Writes the photos, queues the job and records the `queued` event.
+    /// Stores the photos, queues the job and records the `queued` event.
     pub async fn submit(&self, p: Prepared) -> Result<JobStatus, AppError> {
-        self.check_quota(&p.user_id)?;
+        self.check_quota(&p.user_id).await?;
         let id = Uuid::now_v7();
-        let dir = self.inner.models.job_dir(id);
         let held = holdout(p.photos.len());
         let mut images = ImageCounts {
             received: p.received,
@@ -128,15 +200,15 @@ impl FineTunes {
         };
         let mut files = Vec::with_capacity(p.photos.len());
         for (i, photo) in p.photos.into_iter().enumerate() {
-            let sub = if held.contains(&i) { "val" } else { "train" };
-            if sub == "val" {
+            let folder = if held.contains(&i) { "val" } else { "train" };
+            if folder == "val" {
                 images.holdout += 1;
             } else {
                 images.train += 1;
             }
             images.bytes += photo.bytes.len() as u64;
             files.push((
-                dir.join(sub).join(format!("{i:04}.{}", photo.ext)),
+                photo_name(id, folder, &format!("{i:04}.{}", photo.ext)),
                 photo.bytes,
             ));
         }
@@ -161,48 +233,58 @@ impl FineTunes {
             },
             checkpoint_step: None,
             resumed_from_step: None,
+            replica: None,
             error: None,
         };
-        let write_dir = dir.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            for sub in ["train", "val"] {
-                std::fs::create_dir_all(write_dir.join(sub))?;
+        // The photos first: a replica that claims the job finds them all.
+        let stored = async {
+            for (name, bytes) in files {
+                self.inner.files.put(&name, bytes).await?;
             }
-            for (path, bytes) in files {
-                std::fs::write(path, bytes)?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(AppError::internal)?
-        .map_err(AppError::internal)?;
-        let queued = {
-            let mut table = self.inner.table.lock().unwrap();
-            // Checked again under the lock: two uploads of one user may have raced here.
-            let active = active_jobs(&table, &status.user_id);
-            if active >= self.inner.settings.max_queued {
-                Err(AppError::TooManyJobs {
+            Ok::<_, history_sink::HistoryError>(())
+        };
+        if let Err(e) = stored.await {
+            self.forget_files(id).await;
+            return Err(AppError::jobs(e));
+        }
+        let admitted = self
+            .inner
+            .queue
+            .insert(&status, self.inner.settings.max_queued)
+            .await;
+        match admitted {
+            Ok(true) => {}
+            Ok(false) => {
+                self.forget_files(id).await;
+                return Err(AppError::TooManyJobs {
                     user: status.user_id.clone(),
                     limit: self.inner.settings.max_queued,
-                })
-            } else {
-                write_status(&dir, &status).map_err(AppError::internal)?;
-                table.insert(id, Entry::new(status.clone()));
-                Ok(())
+                });
             }
-        };
-        if let Err(e) = queued {
-            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-            return Err(e);
+            Err(e) => {
+                self.forget_files(id).await;
+                return Err(AppError::jobs(e));
+            }
         }
-        self.inner.wake.notify_all();
+        self.inner.kick();
         self.inner.record(&status, "queued").await;
         Ok(status)
     }
 
-    fn check_quota(&self, user: &str) -> Result<(), AppError> {
-        let table = self.inner.table.lock().unwrap();
-        if active_jobs(&table, user) >= self.inner.settings.max_queued {
+    async fn forget_files(&self, id: Uuid) {
+        if let Err(e) = self.inner.files.delete_prefix(&job_prefix(id)).await {
+            tracing::warn!(job = %id, "removing the photos of a job that was not queued: {e}");
+        }
+    }
+
+    async fn check_quota(&self, user: &str) -> Result<(), AppError> {
+        let active = self
+            .inner
+            .queue
+            .active(user)
+            .await
+            .map_err(AppError::jobs)?;
+        if active >= self.inner.settings.max_queued {
             return Err(AppError::TooManyJobs {
                 user: user.to_owned(),
                 limit: self.inner.settings.max_queued,
@@ -211,74 +293,135 @@ impl FineTunes {
         Ok(())
     }
 
-    /// A job's status now; 404 `unknown_job` for an id the server does not know, and for
-    /// another user's job when `scope` names the caller (so that ids cannot be probed).
-    pub fn status(&self, id: &str, scope: Option<&str>) -> Result<JobStatus, AppError> {
-        let id = parse_job_id(id)?;
-        let table = self.inner.table.lock().unwrap();
-        let entry = visible(&table, id, scope)?;
-        let status = entry.tx.borrow().clone();
-        Ok(status)
+    /// A job's status now; 404 `unknown_job` for an id no replica knows, and for another
+    /// user's job when `scope` names the caller (so that ids cannot be probed).
+    pub async fn status(&self, id: &str, scope: Option<&str>) -> Result<JobStatus, AppError> {
+        self.visible(parse_job_id(id)?, scope).await
     }
 
-    /// Deletes a job that is over, with its model, photos and checkpoints: its owner's
+    async fn visible(&self, id: Uuid, scope: Option<&str>) -> Result<JobStatus, AppError> {
+        self.inner
+            .queue
+            .get(id)
+            .await
+            .map_err(AppError::jobs)?
+            .filter(|s| scope.is_none_or(|me| s.user_id == me))
+            .ok_or_else(|| AppError::UnknownJob(id.to_string()))
+    }
+
+    /// Checks that `id` names a finished job `scope` may use, and has its model copied here:
+    /// 404 `unknown_model` otherwise, as for a model that does not exist.
+    pub async fn usable_model(&self, id: Uuid, scope: Option<&str>) -> Result<(), AppError> {
+        match self.visible(id, scope).await {
+            Ok(s) if s.state == JobState::Done => self.inner.models.fetch(id).await,
+            Ok(_) | Err(AppError::UnknownJob(_)) => Err(AppError::UnknownModel(id.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a job that is over, with its model, photos and checkpoint: its owner's
     /// `DELETE /api/v1/models/{id}`. A queued or running job is 409 `job_active` (cancel it
     /// first); another user's is 404, as one that does not exist.
-    pub fn delete(&self, id: &str, scope: Option<&str>) -> Result<JobStatus, AppError> {
+    pub async fn delete(&self, id: &str, scope: Option<&str>) -> Result<JobStatus, AppError> {
         let id = parse_job_id(id)?;
-        let mut table = self.inner.table.lock().unwrap();
-        let status = visible(&table, id, scope)?.tx.borrow().clone();
-        if !status.state.is_over() {
-            return Err(AppError::JobActive(format!(
+        let status = self.visible(id, scope).await?;
+        let active = || {
+            AppError::JobActive(format!(
                 "job {id} is still {}; cancel it first (DELETE /api/v1/finetune/{id})",
-                serde_json::to_value(status.state)
-                    .unwrap_or_default()
-                    .as_str()
-                    .unwrap_or("active")
-            )));
+                state_word(status.state)
+            ))
+        };
+        if !status.state.is_over() {
+            return Err(active());
         }
-        // Out of the table first: from here on the id is unknown, even if removing the
-        // folder fails half-way (it is then logged, and the files are orphans, not served).
-        table.remove(&id);
-        drop(table);
+        // Out of the queue first: from here on the id is unknown on every replica, even if
+        // removing the files fails half-way (they are then logged, and orphans, not served).
+        if !self.inner.queue.delete(id).await.map_err(AppError::jobs)? {
+            return Err(active());
+        }
         self.inner.models.unload(id);
-        let dir = self.inner.models.job_dir(id);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::error!(job = %id, "removing {}: {e}", dir.display());
+        if let Err(e) = self.inner.files.delete_prefix(&job_prefix(id)).await {
+            tracing::error!(job = %id, "removing the files of a deleted job: {e}");
         }
         Ok(status)
-    }
-
-    /// Who submitted job `id`, if the server knows it.
-    pub fn owner(&self, id: Uuid) -> Option<String> {
-        let table = self.inner.table.lock().unwrap();
-        table.get(&id).map(|e| e.tx.borrow().user_id.clone())
     }
 
     /// Every job, oldest first; only `user`'s when given.
-    pub fn list(&self, user: Option<&str>) -> Vec<JobStatus> {
-        let table = self.inner.table.lock().unwrap();
-        table
-            .values()
-            .map(|e| e.tx.borrow().clone())
-            .filter(|s| user.is_none_or(|u| s.user_id == u))
-            .collect()
+    pub async fn list(&self, user: Option<&str>) -> Result<Vec<JobStatus>, AppError> {
+        self.inner
+            .queue
+            .list(user, None)
+            .await
+            .map_err(AppError::jobs)
     }
 
-    /// The status now and at every change, until the job is over or the server stops.
-    pub fn subscribe(
+    /// Finished jobs, whose models can be used: oldest first.
+    pub async fn finished(&self) -> Result<Vec<JobStatus>, AppError> {
+        self.inner
+            .queue
+            .list(None, Some(JobState::Done))
+            .await
+            .map_err(AppError::jobs)
+    }
+
+    /// The status now and at every change, read from the shared record, until the job is
+    /// over or the server stops.
+    pub async fn subscribe(
         &self,
         id: &str,
         scope: Option<&str>,
     ) -> Result<(watch::Receiver<JobStatus>, watch::Receiver<bool>), AppError> {
         let id = parse_job_id(id)?;
-        let table = self.inner.table.lock().unwrap();
-        let entry = visible(&table, id, scope)?;
-        Ok((entry.tx.subscribe(), self.inner.closing.subscribe()))
+        let first = self.visible(id, scope).await?;
+        let (tx, rx) = watch::channel(first.clone());
+        let mut closing = self.inner.closing.subscribe();
+        let mut started = self.inner.started.subscribe();
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let mut last = first;
+            while !last.state.is_over() {
+                // Trained here: every step as it happens, until the job ends or stops here.
+                if let Some(mut live) = inner.live(id) {
+                    loop {
+                        let status = live.borrow_and_update().clone();
+                        if status != last {
+                            last = status.clone();
+                            tx.send_replace(status);
+                        }
+                        if last.state.is_over() {
+                            return;
+                        }
+                        tokio::select! {
+                            changed = live.changed() => if changed.is_err() { break },
+                            _ = tx.closed() => return,
+                            _ = closing.wait_for(|c| *c) => return,
+                        }
+                    }
+                }
+                // Trained elsewhere (or waiting): the shared record, unless it starts here.
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = closing.wait_for(|c| *c) => return,
+                    _ = started.wait_for(|s| *s == Some(id)) => continue,
+                    _ = tokio::time::sleep(EVENTS_POLL) => {}
+                }
+                match inner.queue.get(id).await {
+                    Ok(Some(status)) if status != last => {
+                        last = status.clone();
+                        tx.send_replace(status);
+                    }
+                    Ok(Some(_)) => {}
+                    // Deleted while watched: nothing more will come.
+                    Ok(None) => return,
+                    Err(e) => tracing::warn!(job = %id, "reading the job for its events: {e}"),
+                }
+            }
+        });
+        Ok((rx, self.inner.closing.subscribe()))
     }
 
-    /// Cancels a queued job at once, or asks the running one to stop after its current step
-    /// (saving a checkpoint) and waits up to `wait` for it.
+    /// Cancels a queued job at once, or asks whichever replica runs it to stop after its
+    /// current step (saving a checkpoint) and waits up to `wait` for it.
     pub async fn cancel(
         &self,
         id: &str,
@@ -286,51 +429,52 @@ impl FineTunes {
         wait: Duration,
     ) -> Result<JobStatus, AppError> {
         let id = parse_job_id(id)?;
-        let rx = {
-            let table = self.inner.table.lock().unwrap();
-            let entry = visible(&table, id, scope)?;
-            let state = entry.tx.borrow().state;
-            match state {
-                s if s.is_over() => {
-                    return Err(AppError::JobFinished(format!(
-                        "job {id} is already {}",
-                        serde_json::to_value(s)
-                            .unwrap_or_default()
-                            .as_str()
-                            .unwrap_or("over")
-                    )))
-                }
-                JobState::Queued => {
-                    entry.tx.send_modify(|s| {
-                        s.state = JobState::Cancelled;
-                        s.finished_at = Some(now());
-                    });
-                    let status = entry.tx.borrow().clone();
-                    write_status(&self.inner.models.job_dir(id), &status)
-                        .map_err(AppError::internal)?;
-                    Err(status)
-                }
-                _ => {
-                    entry.cancel.store(true, Ordering::SeqCst);
-                    Ok(entry.tx.subscribe())
-                }
+        let status = self.visible(id, scope).await?;
+        if status.state.is_over() {
+            return Err(AppError::JobFinished(format!(
+                "job {id} is already {}",
+                state_word(status.state)
+            )));
+        }
+        if status.state == JobState::Queued {
+            let mut cancelled = status.clone();
+            cancelled.state = JobState::Cancelled;
+            cancelled.finished_at = Some(now());
+            // Atomic: a replica that claimed it meanwhile gets the stop request below.
+            if self
+                .inner
+                .queue
+                .cancel_queued(&cancelled)
+                .await
+                .map_err(AppError::jobs)?
+            {
+                self.inner.record(&cancelled, "cancelled").await;
+                return Ok(cancelled);
             }
-        };
-        // `Err`: cancelled while queued, recorded here, outside the table's lock.
-        let mut rx = match rx {
-            Ok(rx) => rx,
-            Err(status) => {
-                self.inner.record(&status, "cancelled").await;
+        }
+        self.inner
+            .queue
+            .request_cancel(id)
+            .await
+            .map_err(AppError::jobs)?;
+        // Here at once; on another replica at its next heartbeat.
+        if let Some(running) = &*self.inner.running.lock().unwrap() {
+            if running.id == id {
+                running.cancel.store(true, Ordering::SeqCst);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let status = self.visible(id, None).await?;
+            if status.state.is_over() || tokio::time::Instant::now() >= deadline {
                 return Ok(status);
             }
-        };
-        let _ = tokio::time::timeout(wait, rx.wait_for(|s| s.state.is_over())).await;
-        let status = rx.borrow().clone();
-        Ok(status)
+            tokio::time::sleep(CANCEL_POLL).await;
+        }
     }
 
-    /// Stops the training thread, which saves a checkpoint of a running job and leaves it
-    /// `running` on disk, to resume at the next start. Waits for it.
+    /// Stops the training thread, which saves and stores a checkpoint of a running job and
+    /// gives its claim up, so the next replica (or this one, restarted) resumes it. Waits.
     pub async fn shutdown(&self) {
         self.inner.begin_shutdown();
         let handle = self.worker.lock().unwrap().take();
@@ -338,32 +482,40 @@ impl FineTunes {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
-
-    /// Finished jobs, whose models can be used: oldest first.
-    pub fn finished(&self) -> Vec<JobStatus> {
-        self.list(None)
-            .into_iter()
-            .filter(|s| s.state == JobState::Done)
-            .collect()
-    }
 }
 
-/// Job `id` if it exists and is `scope`'s (anyone's when `None`); else 404 `unknown_job`,
-/// the same for a job that is someone else's as for one that does not exist.
-fn visible<'a>(table: &'a Table, id: Uuid, scope: Option<&str>) -> Result<&'a Entry, AppError> {
-    table
-        .get(&id)
-        .filter(|e| scope.is_none_or(|me| e.tx.borrow().user_id == me))
-        .ok_or_else(|| AppError::UnknownJob(id.to_string()))
+/// A job id from a URL; 404 `unknown_job` when it is not one.
+fn parse_job_id(id: &str) -> Result<Uuid, AppError> {
+    Uuid::parse_str(id).map_err(|_| AppError::UnknownJob(id.chars().take(64).collect()))
+}
+
+fn state_word(state: JobState) -> String {
+    serde_json::to_value(state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "active".into())
 }
 
 impl Inner {
+    /// The step-by-step status of job `id` if this replica trains it.
+    fn live(&self, id: Uuid) -> Option<watch::Receiver<JobStatus>> {
+        let running = self.running.lock().unwrap();
+        running
+            .as_ref()
+            .filter(|r| r.id == id)
+            .map(|r| r.live.clone())
+    }
+
+    /// Wakes the training thread to look for work now rather than at its next poll.
+    pub(super) fn kick(&self) {
+        *self.kick.lock().unwrap() = true;
+        self.wake.notify_all();
+    }
+
     /// Stops the training thread after its current step and ends the event streams.
     pub(super) fn begin_shutdown(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
         self.closing.send_replace(true);
-        // Under the lock, so the worker cannot miss it between its check and its wait.
-        let _table = self.table.lock().unwrap();
-        self.wake.notify_all();
+        self.kick();
     }
 }

@@ -1,5 +1,5 @@
 //! A job's status: what `GET /api/v1/finetune/{id}` answers, the events stream sends and
-//! `job.json` keeps.
+//! the job database keeps.
 
 use partialconv::eval::{BucketMetrics, ValReport};
 use serde::{Deserialize, Serialize};
@@ -81,7 +81,7 @@ pub struct ImageCounts {
     pub bytes: u64,
 }
 
-/// A job's status, as the API answers it and `job.json` keeps it.
+/// A job's status, as the API answers it and the job database keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JobStatus {
     /// The job's id, also the id of its model once done.
@@ -116,8 +116,12 @@ pub struct JobStatus {
     pub validation: Validation,
     /// The step of the last checkpoint, kept after a cancel and resumed from after a restart.
     pub checkpoint_step: Option<u64>,
-    /// Set when the job continued from a checkpoint after a server restart.
+    /// Set when the job continued from a checkpoint: after a restart, or on another
+    /// replica after the one training it stopped.
     pub resumed_from_step: Option<u64>,
+    /// The replica (`host:pid`) training the job, or that trained it last.
+    #[serde(default)]
+    pub replica: Option<String>,
     /// Why the job failed.
     pub error: Option<String>,
 }

@@ -132,11 +132,7 @@ fn expand(
 }
 
 /// Checks an upload (blocking: it decodes every photo): limits, readability, fields.
-pub fn prepare(
-    upload: Upload,
-    s: &FinetuneSettings,
-    models: &ModelRegistry,
-) -> Result<Prepared, AppError> {
+pub fn prepare(upload: Upload, s: &FinetuneSettings) -> Result<Prepared, AppError> {
     let steps = match upload
         .steps
         .as_deref()
@@ -168,7 +164,7 @@ pub fn prepare(
         n => n,
     };
     let user_id = identity::user_or_anonymous(upload.user_id)?;
-    let base = models.resolve(upload.base_model.as_deref())?;
+    let base = ModelRegistry::parse(upload.base_model.as_deref())?;
     if upload.files.is_empty() {
         return Err(AppError::missing("images"));
     }

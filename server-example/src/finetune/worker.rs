@@ -1,5 +1,6 @@
-//! The training thread: picks the next job, trains it with [`FineTuner`] at a lower
-//! priority than inference, publishes its progress and records how it ended.
+//! The training thread: claims the next job from the shared queue, keeps its claim alive by
+//! heartbeat, trains it with [`FineTuner`] at a lower priority than inference, stores its
+//! checkpoints and model, publishes its progress and records how it ended.
 
 use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
@@ -14,79 +15,165 @@ use partialconv::ModelSource;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::jobs::Inner;
+use super::jobs::{Inner, Running};
+use super::queue::{Beat, Claim};
 use super::status::{now, JobState, JobStatus, Scores};
-use super::store::write_status;
-use crate::models::MODEL_FILE;
+use super::store::{checkpoint_name, WorkDir};
+use crate::models::stored_model_name;
 use crate::threads;
+
+/// How often an idle training thread looks for jobs queued on other replicas (a job queued
+/// here wakes it at once).
+const POLL: Duration = Duration::from_secs(1);
+
+/// Progress is written to the job's record at most this often, besides checkpoints,
+/// validations and the end: what pollers and event streams on any replica see.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 enum Outcome {
     Done(Option<ValReport>),
     Cancelled(u64),
-    /// The server is stopping: the job stays `running` and resumes at the next start.
-    Stopped(u64),
+    /// The server is stopping, or the store could not be reached: the claim is given up and
+    /// the job resumes from its stored checkpoint on the next replica to claim it.
+    Stopped(Option<u64>),
+    /// Another replica claimed the job (this one's lease ran out): nothing more is written.
+    Lost,
     Failed(String),
+}
+
+/// A job this replica holds.
+struct Job {
+    id: Uuid,
+    token: Uuid,
+    /// The status as this replica last wrote it.
+    status: JobStatus,
+    /// Stops the trainer after its current step: a cancel, a lost claim or a shutdown.
+    cancel: Arc<AtomicBool>,
+    /// Set by the heartbeat when another replica has the job now.
+    lost: Arc<AtomicBool>,
+    work: WorkDir,
+    last_save: Instant,
+    /// Every change, for event streams on this replica.
+    live: watch::Sender<JobStatus>,
 }
 
 impl Inner {
     /// The training thread: runs jobs one at a time until the server stops.
     pub(super) fn work(self: Arc<Self>) {
         threads::lower_priority(self.settings.threads, self.settings.nice);
-        while let Some(id) = self.next_job() {
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.run(id)))
+        while let Some(claim) = self.next_claim() {
+            self.metrics.finetune_claims.fetch_add(1, Ordering::Relaxed);
+            let id = claim.status.job_id;
+            let (live, watched) = watch::channel(claim.status.clone());
+            let mut job = Job {
+                id,
+                token: claim.token,
+                status: claim.status,
+                cancel: Arc::new(AtomicBool::new(claim.cancel)),
+                lost: Arc::new(AtomicBool::new(false)),
+                work: WorkDir(self.work.join(id.to_string())),
+                last_save: Instant::now(),
+                live,
+            };
+            tracing::info!(job = %job.id, replica = %self.replica, "claimed a fine-tune job");
+            *self.running.lock().unwrap() = Some(Running {
+                id,
+                cancel: job.cancel.clone(),
+                live: watched,
+            });
+            self.started.send_replace(Some(id));
+            let heartbeat = self.runtime.spawn(self.clone().heartbeat(&job));
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.run(&mut job)))
                 .unwrap_or_else(|_| Outcome::Failed("training panicked".into()));
-            self.finish(id, outcome);
+            let stopped = matches!(outcome, Outcome::Stopped(_));
+            self.finish(&mut job, outcome);
+            heartbeat.abort();
+            // In this order, so a stream woken by `started` always finds the job running.
+            self.started.send_replace(None);
+            *self.running.lock().unwrap() = None;
+            job.work.remove();
+            if stopped && !self.shutdown.load(Ordering::SeqCst) {
+                // The store or the database failed: let it recover before claiming again.
+                std::thread::sleep(POLL);
+            }
         }
     }
 
-    /// The job that was running before a restart first, then the oldest queued one.
-    fn next_job(&self) -> Option<Uuid> {
-        let mut table = self.table.lock().unwrap();
+    /// The next job claimed from the queue; `None` once the server stops.
+    fn next_claim(&self) -> Option<Claim> {
         loop {
             if self.shutdown.load(Ordering::SeqCst) {
                 return None;
             }
-            let pick = |want: JobState| {
-                table
-                    .iter()
-                    .find(|(_, e)| e.tx.borrow().state == want)
-                    .map(|(id, _)| *id)
-            };
-            if let Some(id) = pick(JobState::Running).or_else(|| pick(JobState::Queued)) {
-                let entry = &table[&id];
-                entry.tx.send_modify(|s| {
-                    s.state = JobState::Running;
-                    s.started_at.get_or_insert_with(now);
-                });
-                let _ = write_status(&self.models.job_dir(id), &entry.tx.borrow());
-                return Some(id);
+            match self
+                .runtime
+                .block_on(self.queue.claim(&self.replica, self.lease))
+            {
+                Ok(Some(claim)) => return Some(claim),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("claiming a fine-tune job: {e}"),
             }
-            table = self.wake.wait(table).unwrap();
+            let mut kicked = self.kick.lock().unwrap();
+            if !*kicked {
+                kicked = self.wake.wait_timeout(kicked, POLL).unwrap().0;
+            }
+            *kicked = false;
         }
     }
 
-    fn entry(&self, id: Uuid) -> (watch::Sender<JobStatus>, Arc<AtomicBool>) {
-        let table = self.table.lock().unwrap();
-        let e = &table[&id];
-        (e.tx.clone(), e.cancel.clone())
+    /// Renews the claim every third of the lease until aborted; passes a cancel asked on
+    /// any replica to the trainer, and stops it when another replica has the job.
+    fn heartbeat(self: Arc<Self>, job: &Job) -> impl std::future::Future<Output = ()> + use<> {
+        let (id, token) = (job.id, job.token);
+        let (cancel, lost) = (job.cancel.clone(), job.lost.clone());
+        async move {
+            let mut every = tokio::time::interval(self.lease / 3);
+            loop {
+                every.tick().await;
+                match self.queue.heartbeat(id, token, self.lease).await {
+                    Ok(Beat::Held { cancel: asked }) => {
+                        if asked {
+                            cancel.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Ok(Beat::Lost) => {
+                        tracing::warn!(job = %id, "another replica has claimed this job");
+                        lost.store(true, Ordering::SeqCst);
+                        cancel.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    // Kept trying: if the database stays away past the lease, another
+                    // replica may claim the job, and the next write here finds that out.
+                    Err(e) => tracing::warn!(job = %id, "fine-tune heartbeat: {e}"),
+                }
+            }
+        }
     }
 
-    /// Changes a job's status. A persisted change is written before it is published, so
-    /// that what a client has seen (a final state above all) survives a restart.
-    fn update(&self, id: Uuid, persist: bool, f: impl FnOnce(&mut JobStatus)) {
-        let (tx, _) = self.entry(id);
-        if !persist {
-            tx.send_modify(f);
-            return;
+    /// Changes the job's status, writes it to its record when `persist` (or when the last
+    /// write is older than [`PROGRESS_EVERY`]), then publishes it here; written first, so
+    /// that what a client has seen (a final state above all) is what every replica has. A
+    /// write refused because the claim is gone stops the trainer.
+    fn update(&self, job: &mut Job, persist: bool, f: impl FnOnce(&mut JobStatus)) {
+        f(&mut job.status);
+        if persist || job.last_save.elapsed() >= PROGRESS_EVERY {
+            self.save(job);
         }
-        // Only this thread changes a job once it runs, so nothing is lost between the
-        // copy and the replace.
-        let mut next = tx.borrow().clone();
-        f(&mut next);
-        if let Err(e) = write_status(&self.models.job_dir(id), &next) {
-            tracing::warn!(job = %id, "writing job.json: {e}");
+        job.live.send_replace(job.status.clone());
+    }
+
+    fn save(&self, job: &mut Job) {
+        match self
+            .runtime
+            .block_on(self.queue.save(job.token, &job.status))
+        {
+            Ok(true) => job.last_save = Instant::now(),
+            Ok(false) => {
+                job.lost.store(true, Ordering::SeqCst);
+                job.cancel.store(true, Ordering::SeqCst);
+            }
+            Err(e) => tracing::warn!(job = %job.id, "writing the job's status: {e}"),
         }
-        tx.send_replace(next);
     }
 
     /// The model a job starts from when it names no base: the server's default.
@@ -95,34 +182,42 @@ impl Inner {
             .map_err(|_| "this build has no bundled model; start the server with --model".into())
     }
 
-    fn run(&self, id: Uuid) -> Outcome {
-        let (tx, cancel) = self.entry(id);
-        let status = tx.borrow().clone();
-        let dir = self.models.job_dir(id);
-        let s = &self.settings;
-        let base = match status.base_model.parse::<Uuid>() {
-            Ok(b) => Ok(ModelSource::File(self.models.model_path(b))),
-            Err(_) => self.default_base(),
+    fn base(&self, status: &JobStatus) -> Result<ModelSource, String> {
+        let Ok(base) = status.base_model.parse::<Uuid>() else {
+            return self.default_base();
         };
-        let base = match base {
-            Ok(ModelSource::File(p)) if !p.is_file() => {
-                tracing::warn!("base model file {} is missing", p.display());
-                return Outcome::Failed(format!("base model {} is gone", status.base_model));
-            }
+        match self.runtime.block_on(self.models.fetch(base)) {
+            Ok(()) => Ok(ModelSource::File(self.models.model_path(base))),
+            Err(e) => Err(format!("base model {}: {e}", status.base_model)),
+        }
+    }
+
+    fn run(&self, job: &mut Job) -> Outcome {
+        let id = job.id;
+        if job.cancel.load(Ordering::SeqCst) {
+            // Cancelled while no replica held it: keep the stored checkpoint, train nothing.
+            return Outcome::Cancelled(job.status.checkpoint_step.unwrap_or(0));
+        }
+        if let Err(e) = self.runtime.block_on(job.work.fetch(&self.files, id)) {
+            tracing::error!(job = %id, "fetching the job's files from the store: {e}");
+            return Outcome::Stopped(None);
+        }
+        let base = match self.base(&job.status) {
             Ok(b) => b,
             Err(e) => return Outcome::Failed(e),
         };
-        let mut cfg = TrainConfig::new(dir.join("train"), dir.join(MODEL_FILE));
-        cfg.val_data = Some(dir.join("val"));
-        cfg.run_dir = dir.join("run");
+        let s = &self.settings;
+        let mut cfg = TrainConfig::new(job.work.0.join("train"), job.work.model());
+        cfg.val_data = Some(job.work.0.join("val"));
+        cfg.run_dir = job.work.run();
         cfg.base = Some(base);
-        cfg.steps = status.total_steps;
+        cfg.steps = job.status.total_steps;
         cfg.stage2_at = 0; // fine-tuning runs the paper's second stage throughout
         cfg.batch_size = s.batch;
         cfg.train_size = s.train_size;
         cfg.photo_side = s.train_size * 2;
         cfg.val_size = s.val_size;
-        cfg.max_val_images = status.validation.holdout_images;
+        cfg.max_val_images = job.status.validation.holdout_images;
         cfg.val_every = s.val_every.max(1);
         cfg.checkpoint_every = s.checkpoint_every.max(1);
         cfg.vgg = s.vgg.clone();
@@ -130,38 +225,46 @@ impl Inner {
         cfg.loader_threads = 1;
         cfg.seed = id.as_u128() as u64;
         let mut tuner = match FineTuner::new(cfg) {
-            Ok(t) => t.with_cancel_token(CancelToken::from(cancel.clone())),
+            Ok(t) => t.with_cancel_token(CancelToken::from(job.cancel.clone())),
             Err(e) => return Outcome::Failed(e.to_string()),
         };
         let resumed = tuner.step();
-        self.update(id, true, |st| {
+        let counts = job.status.images.clone();
+        let replica = self.replica.clone();
+        self.update(job, true, |st| {
+            st.state = JobState::Running;
+            st.started_at.get_or_insert_with(now);
+            st.replica = Some(replica);
             st.step = resumed;
             if resumed > 0 {
                 st.resumed_from_step = Some(resumed);
                 st.checkpoint_step = Some(resumed);
             }
-            // Files the upload skipped plus written ones the trainer could not decode;
+            // Files the upload skipped plus stored ones the trainer could not decode;
             // recomputed, not added, so a resumed job does not count them twice.
-            let c = &status.images;
-            st.images.skipped =
-                c.received.saturating_sub(c.train + c.holdout) + tuner.skipped_images();
+            st.images.skipped = counts
+                .received
+                .saturating_sub(counts.train + counts.holdout)
+                + tuner.skipped_images();
         });
-        if status.validation.base.is_none() && status.validation.holdout_images > 0 && resumed == 0
+        if job.status.validation.base.is_none()
+            && job.status.validation.holdout_images > 0
+            && resumed == 0
         {
             match tuner.validate() {
-                Ok(report) => self.update(id, true, |st| {
+                Ok(report) => self.update(job, true, |st| {
                     st.validation.base = Some(Scores::from(&report));
                 }),
                 Err(e) => return Outcome::Failed(format!("validating the base model: {e}")),
             }
         }
-        let mut persisted = Instant::now();
-        let every = s.checkpoint_every.max(1);
+        let checkpoint_file = job.work.checkpoint();
         let result = tuner.run(|p| {
-            let checkpoint = p.step.is_multiple_of(every);
-            let persist =
-                checkpoint || p.val.is_some() || persisted.elapsed() > Duration::from_secs(5);
-            self.update(id, persist, |st| {
+            self.metrics.finetune_steps.fetch_add(1, Ordering::Relaxed);
+            if p.checkpoint {
+                self.store_checkpoint(job.id, &checkpoint_file);
+            }
+            self.update(job, p.checkpoint || p.val.is_some(), |st| {
                 st.step = p.step;
                 st.total_steps = p.total;
                 st.loss = p.loss.is_finite().then_some(p.loss);
@@ -170,41 +273,82 @@ impl Inner {
                 if let Some(v) = p.val.as_ref().filter(|_| st.validation.holdout_images > 0) {
                     st.val_psnr = Some(v.mean_psnr());
                 }
-                if checkpoint {
+                if p.checkpoint {
                     st.checkpoint_step = Some(p.step);
                 }
             });
-            if persist {
-                persisted = Instant::now();
-            }
-            // A job cancel reaches the trainer through its token; a shutdown through here.
+            // A cancel or a lost claim reaches the trainer through its token; a shutdown
+            // through here.
             if self.shutdown.load(Ordering::SeqCst) {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
             }
         });
+        if job.lost.load(Ordering::SeqCst) {
+            return Outcome::Lost;
+        }
         match result {
             Ok(summary) => Outcome::Done(summary.last_val),
-            Err(partialconv::Error::Interrupted { step }) if cancel.load(Ordering::SeqCst) => {
+            Err(partialconv::Error::Interrupted { step }) if job.cancel.load(Ordering::SeqCst) => {
                 Outcome::Cancelled(step)
             }
-            Err(partialconv::Error::Interrupted { step }) => Outcome::Stopped(step),
+            Err(partialconv::Error::Interrupted { step }) => Outcome::Stopped(Some(step)),
             Err(e) => Outcome::Failed(e.to_string()),
         }
     }
 
-    /// Publishes how the job ended. The history event is recorded before the status
-    /// changes, so a client that sees the final state finds the event too.
-    fn finish(&self, id: Uuid, outcome: Outcome) {
+    /// Copies the checkpoint the trainer just wrote to the store, where a replica that
+    /// takes the job over resumes from it. A failure keeps the previous stored one.
+    fn store_checkpoint(&self, id: Uuid, file: &std::path::Path) {
+        if let Err(e) = self
+            .runtime
+            .block_on(self.files.put_file(&checkpoint_name(id), file))
+        {
+            tracing::warn!(job = %id, "storing a checkpoint: {e}");
+        }
+    }
+
+    /// Publishes how the job ended. The model is in the store, and the history event
+    /// recorded, before the record says so, so a client that sees the final state finds both.
+    fn finish(&self, job: &mut Job, outcome: Outcome) {
+        let id = job.id;
+        let mut outcome = outcome;
+        if let Outcome::Done(_) = outcome {
+            if let Err(e) = self.runtime.block_on(
+                self.files
+                    .put_file(&stored_model_name(id), &job.work.model()),
+            ) {
+                // The final checkpoint is stored below; the next claim saves the model again.
+                tracing::error!(job = %id, "storing the finished model: {e}");
+                outcome = Outcome::Stopped(Some(job.status.total_steps));
+            }
+        }
         let phase = match &outcome {
             Outcome::Done(_) => "done",
             Outcome::Cancelled(_) => "cancelled",
             Outcome::Failed(_) => "failed",
-            Outcome::Stopped(_) => "stopped",
+            Outcome::Stopped(step) => {
+                if let Some(step) = *step {
+                    self.store_checkpoint(id, &job.work.checkpoint());
+                    self.update(job, true, |st| {
+                        st.step = step;
+                        st.checkpoint_step = Some(step);
+                        st.eta_s = None;
+                    });
+                }
+                if let Err(e) = self.runtime.block_on(self.queue.release(id, job.token)) {
+                    // The lease runs out instead, and the job is claimed again then.
+                    tracing::warn!(job = %id, "giving the job's claim up: {e}");
+                }
+                return;
+            }
+            Outcome::Lost => {
+                tracing::warn!(job = %id, "stopped training: another replica has the job");
+                return;
+            }
         };
-        let (tx, _) = self.entry(id);
-        let mut st = tx.borrow().clone();
+        let mut st = job.status.clone();
         st.eta_s = None;
         match outcome {
             Outcome::Done(val) => {
@@ -216,23 +360,22 @@ impl Inner {
                 }
             }
             Outcome::Cancelled(step) => {
+                if job.work.checkpoint().is_file() {
+                    self.store_checkpoint(id, &job.work.checkpoint());
+                }
                 st.state = JobState::Cancelled;
                 st.checkpoint_step = Some(step);
             }
-            Outcome::Stopped(step) => st.checkpoint_step = Some(step),
             Outcome::Failed(e) => {
                 tracing::warn!(job = %id, "fine-tune job failed: {e}");
                 st.state = JobState::Failed;
                 st.error = Some(e);
             }
+            Outcome::Stopped(_) | Outcome::Lost => unreachable!("returned above"),
         }
-        if st.state.is_over() {
-            st.finished_at = Some(now());
-        }
-        if phase != "stopped" {
-            self.runtime.block_on(self.record(&st, phase));
-        }
-        self.update(id, true, |status| *status = st);
+        st.finished_at = Some(now());
+        self.runtime.block_on(self.record(&st, phase));
+        self.update(job, true, |status| *status = st);
     }
 
     /// A `finetune` history event: `strategy` carries the phase, `model_id` the job (and

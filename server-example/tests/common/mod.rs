@@ -1,6 +1,8 @@
 //! Test servers on real sockets (127.0.0.1:0), a tiny model, and image helpers.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod process;
+
 use std::io::Cursor;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -465,4 +467,50 @@ pub fn exif_has_gps(bytes: &[u8]) -> bool {
         }),
         Err(_) => false,
     }
+}
+
+/// Fine-tune jobs of the tests: the tiny model on 32×32 crops, a step takes milliseconds.
+/// Small crops and batches, so jobs finish in seconds.
+pub const TINY_FINETUNE: &[&str] = &[
+    "--finetune-train-size",
+    "32",
+    "--finetune-val-size",
+    "32",
+    "--finetune-batch",
+    "2",
+    "--finetune-val-every",
+    "1000",
+    "--finetune-checkpoint-every",
+    "2",
+    "--finetune-max-steps",
+    "1000000",
+];
+
+/// Smooth gradients with a soft blob that moves with `i`: a photo "domain".
+pub fn photo(i: u32, w: u32, h: u32) -> Vec<u8> {
+    png(RgbImage::from_fn(w, h, |x, y| {
+        let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+        let blob = (-((fx - 0.3 - 0.05 * i as f32).powi(2) + (fy - 0.6).powi(2)) * 20.0).exp();
+        Rgb([
+            (255.0 * (0.2 + 0.6 * fx)) as u8,
+            (255.0 * (0.3 + 0.5 * fy * (1.0 - blob))) as u8,
+            (255.0 * (0.1 + 0.8 * blob)) as u8,
+        ])
+    }))
+}
+
+pub fn photos(n: u32) -> Vec<Vec<u8>> {
+    (0..n).map(|i| photo(i, 64, 48)).collect()
+}
+
+pub fn job_form(files: Vec<Vec<u8>>) -> reqwest::multipart::Form {
+    files
+        .into_iter()
+        .enumerate()
+        .fold(reqwest::multipart::Form::new(), |f, (i, bytes)| {
+            f.part(
+                "images",
+                reqwest::multipart::Part::bytes(bytes).file_name(format!("p{i}.png")),
+            )
+        })
 }
