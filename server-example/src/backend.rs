@@ -205,12 +205,13 @@ impl Remote {
         // Sending the request again is safe: inference is idempotent, and the model tier
         // records no history (`X-Partialconv-No-History`); this tier records the event once,
         // after the answer.
-        let (headers, bytes) = match self.attempt(first, &input, asked).await {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(self.timeout_secs);
+        let (headers, bytes) = match self.attempt(first, &input, asked, deadline).await {
             Ok(answer) => answer,
             Err(Failed::Final(e)) => return Err(e),
             Err(Failed::Down(e)) => match self.pick(Some(first)) {
                 None => return Err(e),
-                Some(second) => match self.attempt(second, &input, asked).await {
+                Some(second) => match self.attempt(second, &input, asked, deadline).await {
                     Ok(answer) => answer,
                     Err(Failed::Down(e) | Failed::Final(e)) => return Err(e),
                 },
@@ -279,6 +280,7 @@ impl Remote {
         t: usize,
         input: &JobInput,
         asked: OutputFormat,
+        deadline: tokio::time::Instant,
     ) -> Result<(HeaderMap, Bytes), Failed> {
         let tier = &self.tiers[t];
         let mut form = reqwest::multipart::Form::new()
@@ -302,6 +304,8 @@ impl Remote {
         let mut request = self
             .client
             .post(&url)
+            // Both tries share the request's time: a retry gets what the first left.
+            .timeout(deadline.saturating_duration_since(tokio::time::Instant::now()))
             // The model tier keeps no history: the web tier records the event.
             .header("X-Partialconv-No-History", "1");
         if let Some(token) = &self.token {
@@ -335,11 +339,12 @@ impl Remote {
                 message: field("error").unwrap_or_else(|| format!("model tier answered {status}")),
             };
             // A 502 or 503 is about the tier (its own backend gone, loading, full), which
-            // another tier may not share; any other answer would be the same everywhere.
+            // another tier may not share; any other answer would be the same everywhere. The
+            // tier stays in the rotation: a full queue is no reason to send it nothing, and
+            // its `/readyz` says whether it is down.
             if status == reqwest::StatusCode::BAD_GATEWAY
                 || status == reqwest::StatusCode::SERVICE_UNAVAILABLE
             {
-                tier.down(&format!("it answered {status}"));
                 return Err(Failed::Down(e));
             }
             return Err(Failed::Final(e));

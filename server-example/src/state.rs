@@ -179,6 +179,13 @@ impl AppState {
             let queue = JobQueue::open(&url)
                 .await
                 .map_err(|e| StartupError::Config(format!("job database {url}: {e}")))?;
+            if url.starts_with("mysql://") && matches!(files, FileStore::Local(_)) {
+                // Right for one model tier; replicas each need the others' files.
+                tracing::warn!(
+                    "fine-tune jobs are shared through {url}, but their files are in a local \
+                     folder: replicas must share it, or use --images s3://… (docs/deploy.md)"
+                );
+            }
             if cfg.job_lease_secs < 3 {
                 return Err(StartupError::Config(
                     "--job-lease-secs must be at least 3 (heartbeats go every third of it)".into(),

@@ -62,6 +62,13 @@ fn decode(json: &str, state: &str) -> Result<JobStatus, sqlx::Error> {
     Ok(status)
 }
 
+/// A transaction the database rolled back to break a deadlock (SQLSTATE 40001).
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "40001")
+}
+
 fn encode(status: &JobStatus) -> String {
     serde_json::to_string(status).expect("a job status serialises")
 }
@@ -85,17 +92,26 @@ impl JobQueue {
             SELECT ?, ?, ?, ? FROM (SELECT 1 AS one) AS admit WHERE \
             (SELECT COUNT(*) FROM finetune_jobs WHERE user_id = ? \
              AND state IN ('queued', 'running')) < ?";
-        let done = on_db!(&self.db, p => sqlx::query(SQL)
-            .bind(status.job_id.to_string())
-            .bind(&status.user_id)
-            .bind(state_name(status.state))
-            .bind(encode(status))
-            .bind(&status.user_id)
-            .bind(max_active as i64)
-            .execute(p)
-            .await?
-            .rows_affected());
-        Ok(done == 1)
+        let mut tries = 0;
+        loop {
+            let done = on_db!(&self.db, p => sqlx::query(SQL)
+                .bind(status.job_id.to_string())
+                .bind(&status.user_id)
+                .bind(state_name(status.state))
+                .bind(encode(status))
+                .bind(&status.user_id)
+                .bind(max_active as i64)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()));
+            match done {
+                Ok(rows) => return Ok(rows == 1),
+                // Two uploads of one user at once can deadlock on MySQL's range locks; one
+                // of them is rolled back and goes again.
+                Err(e) if is_deadlock(&e) && tries < 3 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A job left by an earlier version on disk, kept as it was (a running one becomes
@@ -293,11 +309,9 @@ impl JobQueue {
         })
     }
 
-    /// Writes a claimed job's status; a final state ends the claim. `false` when the claim
-    /// is no longer ours (nothing is written then).
-    pub(super) async fn save(&self, token: Uuid, status: &JobStatus) -> Result<bool, sqlx::Error> {
-        // `updated_at` always changes, so MySQL counts a held claim's row even when the
-        // status is the same.
+    /// Writes a claimed job's status (a final state ends the claim), and says whether a
+    /// cancel was asked; [`Beat::Lost`] when the claim is no longer ours (nothing is written).
+    pub(super) async fn save(&self, token: Uuid, status: &JobStatus) -> Result<Beat, sqlx::Error> {
         let now = match self.db {
             Db::Sqlite(_) => SQLITE_NOW,
             #[cfg(feature = "mysql")]
@@ -310,26 +324,49 @@ impl JobQueue {
              WHERE job_id = ? AND claim_token = ?"
         );
         let over = status.state.is_over();
+        let id = status.job_id.to_string();
         let done = on_db!(&self.db, p => sqlx::query(&sql)
             .bind(encode(status))
             .bind(state_name(status.state))
             .bind(over)
             .bind(over)
-            .bind(status.job_id.to_string())
+            .bind(&id)
             .bind(token.to_string())
             .execute(p)
             .await?
             .rows_affected());
-        Ok(done == 1)
+        if done == 0 {
+            return Ok(Beat::Lost);
+        }
+        const SQL: &str = "SELECT cancel_requested FROM finetune_jobs WHERE job_id = ?";
+        let cancel: bool = on_db!(&self.db, p => sqlx::query_scalar(SQL)
+            .bind(&id)
+            .fetch_one(p)
+            .await?);
+        Ok(Beat::Held { cancel })
     }
 
-    /// Gives a claim up at once (the server is stopping): the job stays `running`, and the
-    /// next replica to look, this one restarted included, resumes it.
-    pub(super) async fn release(&self, id: Uuid, token: Uuid) -> Result<(), sqlx::Error> {
-        const SQL: &str = "UPDATE finetune_jobs SET claim_token = NULL, lease_until = NULL \
-            WHERE job_id = ? AND claim_token = ?";
+    /// Gives a claim up: the job stays `running`, and the next replica to look (this one
+    /// restarted included) resumes it, at once, or after `retry_in` (a job whose files
+    /// could not be fetched waits, so that it does not hold up the queued ones).
+    pub(super) async fn release(
+        &self,
+        id: Uuid,
+        token: Uuid,
+        retry_in: Option<Duration>,
+    ) -> Result<(), sqlx::Error> {
+        let lease = match (&self.db, retry_in) {
+            (_, None) => "NULL".to_owned(),
+            (Db::Sqlite(_), Some(d)) => format!("{SQLITE_NOW} + {}", d.as_secs_f64()),
+            #[cfg(feature = "mysql")]
+            (Db::MySql(_), Some(d)) => format!("NOW(6) + INTERVAL {} MICROSECOND", d.as_micros()),
+        };
+        let sql = format!(
+            "UPDATE finetune_jobs SET claim_token = NULL, lease_until = {lease} \
+             WHERE job_id = ? AND claim_token = ?"
+        );
         on_db!(&self.db, p => {
-            sqlx::query(SQL)
+            sqlx::query(&sql)
                 .bind(id.to_string())
                 .bind(token.to_string())
                 .execute(p)

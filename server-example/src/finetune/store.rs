@@ -141,13 +141,21 @@ pub(super) async fn import_legacy(
         for folder in PHOTO_FOLDERS {
             if let Ok(photos) = std::fs::read_dir(dir.join(folder)) {
                 for photo in photos.flatten() {
-                    let Some(file) = photo.file_name().to_str().map(str::to_owned) else {
+                    let name = photo
+                        .file_name()
+                        .to_str()
+                        .map(|file| photo_name(id, folder, file))
+                        .filter(|n| history_sink::file_store::validate_name(n).is_ok());
+                    // Names the server chose, so this does not happen; one that did must not
+                    // keep the server from starting.
+                    let Some(name) = name else {
+                        tracing::warn!(
+                            "not importing {}: not a name the store takes",
+                            photo.path().display()
+                        );
                         continue;
                     };
-                    files
-                        .put_file(&photo_name(id, folder, &file), &photo.path())
-                        .await
-                        .map_err(err)?;
+                    files.put_file(&name, &photo.path()).await.map_err(err)?;
                 }
             }
         }

@@ -19,6 +19,7 @@ use super::jobs::{Inner, Running};
 use super::queue::{Beat, Claim};
 use super::status::{now, JobState, JobStatus, Scores};
 use super::store::{checkpoint_name, WorkDir};
+use crate::error::AppError;
 use crate::models::stored_model_name;
 use crate::threads;
 
@@ -27,15 +28,24 @@ use crate::threads;
 const POLL: Duration = Duration::from_secs(1);
 
 /// Progress is written to the job's record at most this often, besides checkpoints,
-/// validations and the end: what pollers and event streams on any replica see.
+/// validations and the end: what pollers and event streams on any replica see, and how soon
+/// a cancel asked on another replica reaches the trainer.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a job whose files or base model could not be fetched waits before a replica
+/// claims it again, so that queued jobs are not held up behind it.
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(10);
 
 enum Outcome {
     Done(Option<ValReport>),
     Cancelled(u64),
-    /// The server is stopping, or the store could not be reached: the claim is given up and
-    /// the job resumes from its stored checkpoint on the next replica to claim it.
-    Stopped(Option<u64>),
+    /// The claim is given up and the job resumes from its stored checkpoint on the next
+    /// replica to claim it: at once when the server is stopping (`step`: where the trainer
+    /// stopped), after [`RETRY_AFTER_ERROR`] when the store could not be reached.
+    Stopped {
+        step: Option<u64>,
+        error: bool,
+    },
     /// Another replica claimed the job (this one's lease ran out): nothing more is written.
     Lost,
     Failed(String),
@@ -85,17 +95,12 @@ impl Inner {
             let heartbeat = self.runtime.spawn(self.clone().heartbeat(&job));
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.run(&mut job)))
                 .unwrap_or_else(|_| Outcome::Failed("training panicked".into()));
-            let stopped = matches!(outcome, Outcome::Stopped(_));
             self.finish(&mut job, outcome);
             heartbeat.abort();
             // In this order, so a stream woken by `started` always finds the job running.
             self.started.send_replace(None);
             *self.running.lock().unwrap() = None;
             job.work.remove();
-            if stopped && !self.shutdown.load(Ordering::SeqCst) {
-                // The store or the database failed: let it recover before claiming again.
-                std::thread::sleep(POLL);
-            }
         }
     }
 
@@ -128,10 +133,12 @@ impl Inner {
         let (cancel, lost) = (job.cancel.clone(), job.lost.clone());
         async move {
             let mut every = tokio::time::interval(self.lease / 3);
+            let mut renewed = Instant::now();
             loop {
                 every.tick().await;
                 match self.queue.heartbeat(id, token, self.lease).await {
                     Ok(Beat::Held { cancel: asked }) => {
+                        renewed = Instant::now();
                         if asked {
                             cancel.store(true, Ordering::SeqCst);
                         }
@@ -142,8 +149,14 @@ impl Inner {
                         cancel.store(true, Ordering::SeqCst);
                         return;
                     }
-                    // Kept trying: if the database stays away past the lease, another
-                    // replica may claim the job, and the next write here finds that out.
+                    // Two thirds of a lease without a renewal: another replica may claim the
+                    // job when the lease runs out, so this one stops writing now, first.
+                    Err(e) if renewed.elapsed() >= self.lease * 2 / 3 => {
+                        tracing::warn!(job = %id, "cannot renew the claim ({e}); giving the job up");
+                        lost.store(true, Ordering::SeqCst);
+                        cancel.store(true, Ordering::SeqCst);
+                        return;
+                    }
                     Err(e) => tracing::warn!(job = %id, "fine-tune heartbeat: {e}"),
                 }
             }
@@ -153,26 +166,82 @@ impl Inner {
     /// Changes the job's status, writes it to its record when `persist` (or when the last
     /// write is older than [`PROGRESS_EVERY`]), then publishes it here; written first, so
     /// that what a client has seen (a final state above all) is what every replica has. A
-    /// write refused because the claim is gone stops the trainer.
+    /// write refused because the claim is gone stops the trainer, and publishes nothing.
     fn update(&self, job: &mut Job, persist: bool, f: impl FnOnce(&mut JobStatus)) {
         f(&mut job.status);
         if persist || job.last_save.elapsed() >= PROGRESS_EVERY {
             self.save(job);
         }
-        job.live.send_replace(job.status.clone());
+        if !job.lost.load(Ordering::SeqCst) {
+            job.live.send_replace(job.status.clone());
+        }
     }
 
-    fn save(&self, job: &mut Job) {
+    /// Writes the status under the claim; `false` unless it was written. A cancel asked on
+    /// any replica comes back with the write.
+    fn save(&self, job: &mut Job) -> bool {
+        if job.lost.load(Ordering::SeqCst) {
+            return false;
+        }
         match self
             .runtime
             .block_on(self.queue.save(job.token, &job.status))
         {
-            Ok(true) => job.last_save = Instant::now(),
-            Ok(false) => {
+            Ok(Beat::Held { cancel }) => {
+                job.last_save = Instant::now();
+                if cancel {
+                    job.cancel.store(true, Ordering::SeqCst);
+                }
+                true
+            }
+            Ok(Beat::Lost) => {
                 job.lost.store(true, Ordering::SeqCst);
                 job.cancel.store(true, Ordering::SeqCst);
+                false
             }
-            Err(e) => tracing::warn!(job = %job.id, "writing the job's status: {e}"),
+            Err(e) => {
+                tracing::warn!(job = %job.id, "writing the job's status: {e}");
+                false
+            }
+        }
+    }
+
+    /// Writes a job's final status, retrying while the database is away (the heartbeat goes
+    /// on meanwhile), so that a finished job is not trained again; gives up if the claim is
+    /// lost or the server stops.
+    fn save_final(&self, job: &mut Job) {
+        loop {
+            if self.save(job) {
+                job.live.send_replace(job.status.clone());
+                return;
+            }
+            if job.lost.load(Ordering::SeqCst) || self.shutdown.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Whether the claim is still ours, renewing it: checked before what the next replica
+    /// would otherwise overwrite or repeat (the final model, the history event).
+    fn still_held(&self, job: &Job) -> bool {
+        if job.lost.load(Ordering::SeqCst) {
+            return false;
+        }
+        match self
+            .runtime
+            .block_on(self.queue.heartbeat(job.id, job.token, self.lease))
+        {
+            Ok(Beat::Held { .. }) => true,
+            Ok(Beat::Lost) => {
+                job.lost.store(true, Ordering::SeqCst);
+                false
+            }
+            // Unknown: go on; the final save finds out, and retries.
+            Err(e) => {
+                tracing::warn!(job = %job.id, "checking the claim: {e}");
+                true
+            }
         }
     }
 
@@ -182,13 +251,25 @@ impl Inner {
             .map_err(|_| "this build has no bundled model; start the server with --model".into())
     }
 
-    fn base(&self, status: &JobStatus) -> Result<ModelSource, String> {
+    /// The model the job starts from, copied here when it is a fine-tuned one.
+    fn base(&self, status: &JobStatus) -> Result<ModelSource, Outcome> {
         let Ok(base) = status.base_model.parse::<Uuid>() else {
-            return self.default_base();
+            return self.default_base().map_err(Outcome::Failed);
         };
         match self.runtime.block_on(self.models.fetch(base)) {
             Ok(()) => Ok(ModelSource::File(self.models.model_path(base))),
-            Err(e) => Err(format!("base model {}: {e}", status.base_model)),
+            // The store is away: try again later rather than fail the job.
+            Err(e @ AppError::JobsUnavailable(_)) => {
+                tracing::warn!(job = %status.job_id, "fetching the base model: {e}");
+                Err(Outcome::Stopped {
+                    step: None,
+                    error: true,
+                })
+            }
+            Err(e) => Err(Outcome::Failed(format!(
+                "base model {}: {e}",
+                status.base_model
+            ))),
         }
     }
 
@@ -200,11 +281,14 @@ impl Inner {
         }
         if let Err(e) = self.runtime.block_on(job.work.fetch(&self.files, id)) {
             tracing::error!(job = %id, "fetching the job's files from the store: {e}");
-            return Outcome::Stopped(None);
+            return Outcome::Stopped {
+                step: None,
+                error: true,
+            };
         }
         let base = match self.base(&job.status) {
             Ok(b) => b,
-            Err(e) => return Outcome::Failed(e),
+            Err(outcome) => return outcome,
         };
         let s = &self.settings;
         let mut cfg = TrainConfig::new(job.work.0.join("train"), job.work.model());
@@ -236,10 +320,9 @@ impl Inner {
             st.started_at.get_or_insert_with(now);
             st.replica = Some(replica);
             st.step = resumed;
-            if resumed > 0 {
-                st.resumed_from_step = Some(resumed);
-                st.checkpoint_step = Some(resumed);
-            }
+            // What this claim starts from, whatever an earlier claim recorded.
+            st.resumed_from_step = (resumed > 0).then_some(resumed);
+            st.checkpoint_step = (resumed > 0).then_some(resumed);
             // Files the upload skipped plus stored ones the trainer could not decode;
             // recomputed, not added, so a resumed job does not count them twice.
             st.images.skipped = counts
@@ -261,10 +344,8 @@ impl Inner {
         let checkpoint_file = job.work.checkpoint();
         let result = tuner.run(|p| {
             self.metrics.finetune_steps.fetch_add(1, Ordering::Relaxed);
-            if p.checkpoint {
-                self.store_checkpoint(job.id, &checkpoint_file);
-            }
-            self.update(job, p.checkpoint || p.val.is_some(), |st| {
+            let stored = p.checkpoint && self.store_checkpoint(job, &checkpoint_file);
+            self.update(job, stored || p.val.is_some(), |st| {
                 st.step = p.step;
                 st.total_steps = p.total;
                 st.loss = p.loss.is_finite().then_some(p.loss);
@@ -273,7 +354,7 @@ impl Inner {
                 if let Some(v) = p.val.as_ref().filter(|_| st.validation.holdout_images > 0) {
                     st.val_psnr = Some(v.mean_psnr());
                 }
-                if p.checkpoint {
+                if stored {
                     st.checkpoint_step = Some(p.step);
                 }
             });
@@ -293,19 +374,30 @@ impl Inner {
             Err(partialconv::Error::Interrupted { step }) if job.cancel.load(Ordering::SeqCst) => {
                 Outcome::Cancelled(step)
             }
-            Err(partialconv::Error::Interrupted { step }) => Outcome::Stopped(Some(step)),
+            Err(partialconv::Error::Interrupted { step }) => Outcome::Stopped {
+                step: Some(step),
+                error: false,
+            },
             Err(e) => Outcome::Failed(e.to_string()),
         }
     }
 
     /// Copies the checkpoint the trainer just wrote to the store, where a replica that
-    /// takes the job over resumes from it. A failure keeps the previous stored one.
-    fn store_checkpoint(&self, id: Uuid, file: &std::path::Path) {
-        if let Err(e) = self
+    /// takes the job over resumes from it; `false` when it was not (a failure keeps the
+    /// previous stored one, and a lost claim writes nothing).
+    fn store_checkpoint(&self, job: &Job, file: &std::path::Path) -> bool {
+        if job.lost.load(Ordering::SeqCst) {
+            return false;
+        }
+        match self
             .runtime
-            .block_on(self.files.put_file(&checkpoint_name(id), file))
+            .block_on(self.files.put_file(&checkpoint_name(job.id), file))
         {
-            tracing::warn!(job = %id, "storing a checkpoint: {e}");
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(job = %job.id, "storing a checkpoint: {e}");
+                false
+            }
         }
     }
 
@@ -313,31 +405,46 @@ impl Inner {
     /// recorded, before the record says so, so a client that sees the final state finds both.
     fn finish(&self, job: &mut Job, outcome: Outcome) {
         let id = job.id;
+        if job.lost.load(Ordering::SeqCst) {
+            tracing::warn!(job = %id, "stopped training: another replica has the job");
+            return;
+        }
         let mut outcome = outcome;
         if let Outcome::Done(_) = outcome {
-            if let Err(e) = self.runtime.block_on(
+            // The last checkpoint first: should the model not make it, the next claim starts
+            // at the last step and only writes the model out.
+            self.store_checkpoint(job, &job.work.checkpoint());
+            let stored = self.runtime.block_on(
                 self.files
                     .put_file(&stored_model_name(id), &job.work.model()),
-            ) {
-                // The final checkpoint is stored below; the next claim saves the model again.
+            );
+            if let Err(e) = stored {
                 tracing::error!(job = %id, "storing the finished model: {e}");
-                outcome = Outcome::Stopped(Some(job.status.total_steps));
+                outcome = Outcome::Stopped {
+                    step: None,
+                    error: true,
+                };
             }
         }
         let phase = match &outcome {
             Outcome::Done(_) => "done",
             Outcome::Cancelled(_) => "cancelled",
             Outcome::Failed(_) => "failed",
-            Outcome::Stopped(step) => {
+            Outcome::Stopped { step, error } => {
                 if let Some(step) = *step {
-                    self.store_checkpoint(id, &job.work.checkpoint());
-                    self.update(job, true, |st| {
-                        st.step = step;
-                        st.checkpoint_step = Some(step);
-                        st.eta_s = None;
-                    });
+                    if self.store_checkpoint(job, &job.work.checkpoint()) {
+                        self.update(job, true, |st| {
+                            st.step = step;
+                            st.checkpoint_step = Some(step);
+                            st.eta_s = None;
+                        });
+                    }
                 }
-                if let Err(e) = self.runtime.block_on(self.queue.release(id, job.token)) {
+                let retry = error.then_some(RETRY_AFTER_ERROR);
+                if let Err(e) = self
+                    .runtime
+                    .block_on(self.queue.release(id, job.token, retry))
+                {
                     // The lease runs out instead, and the job is claimed again then.
                     tracing::warn!(job = %id, "giving the job's claim up: {e}");
                 }
@@ -360,22 +467,28 @@ impl Inner {
                 }
             }
             Outcome::Cancelled(step) => {
-                if job.work.checkpoint().is_file() {
-                    self.store_checkpoint(id, &job.work.checkpoint());
+                if job.work.checkpoint().is_file()
+                    && self.store_checkpoint(job, &job.work.checkpoint())
+                {
+                    st.checkpoint_step = Some(step);
                 }
                 st.state = JobState::Cancelled;
-                st.checkpoint_step = Some(step);
             }
             Outcome::Failed(e) => {
                 tracing::warn!(job = %id, "fine-tune job failed: {e}");
                 st.state = JobState::Failed;
                 st.error = Some(e);
             }
-            Outcome::Stopped(_) | Outcome::Lost => unreachable!("returned above"),
+            Outcome::Stopped { .. } | Outcome::Lost => unreachable!("returned above"),
         }
         st.finished_at = Some(now());
+        if !self.still_held(job) {
+            tracing::warn!(job = %id, "another replica has the job; not recording its end");
+            return;
+        }
         self.runtime.block_on(self.record(&st, phase));
-        self.update(job, true, |status| *status = st);
+        job.status = st;
+        self.save_final(job);
     }
 
     /// A `finetune` history event: `strategy` carries the phase, `model_id` the job (and
