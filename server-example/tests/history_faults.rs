@@ -189,9 +189,22 @@ async fn stored_ids(url: &str) -> Vec<uuid::Uuid> {
         .collect()
 }
 
+/// The last `n` lines of a log file, for a failure message.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Waits until `url` holds a row for every id in `want`, then checks that it holds exactly
-/// those rows, once each.
-async fn assert_exactly_once(url: &str, want: &HashSet<uuid::Uuid>, timeout: Duration) {
+/// those rows, once each. On failure the message ends with the tails of `logs` (the
+/// history service's, the broker's), which the test harness would not show otherwise.
+async fn assert_exactly_once(
+    url: &str,
+    want: &HashSet<uuid::Uuid>,
+    timeout: Duration,
+    logs: &[&Path],
+) {
     let deadline = Instant::now() + timeout;
     let mut rows = stored_ids(url).await;
     while rows.len() < want.len() && Instant::now() < deadline {
@@ -206,9 +219,13 @@ async fn assert_exactly_once(url: &str, want: &HashSet<uuid::Uuid>, timeout: Dur
     let missing: Vec<_> = want.difference(&distinct).collect();
     assert!(
         missing.is_empty(),
-        "{} of {} events never arrived: {missing:?}",
+        "{} of {} events never arrived: {missing:?}\n{}",
         missing.len(),
-        want.len()
+        want.len(),
+        logs.iter()
+            .map(|p| format!("--- {}:\n{}", p.display(), tail(p, 60)))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(&distinct, want, "rows that no request made");
 }
@@ -268,7 +285,16 @@ async fn a_broker_outage_loses_nothing_and_slows_nothing() {
     assert_eq!(metric(&text, "history_delivery_up{sink=\"kafka\"}"), 0.0);
 
     tansu.restart().await;
-    assert_exactly_once(&db.url(), &ids, Duration::from_secs(120)).await;
+    assert_exactly_once(
+        &db.url(),
+        &ids,
+        Duration::from_secs(120),
+        &[
+            &data.path().join("hs.log"),
+            &tansu.dir.path().join("tansu.log"),
+        ],
+    )
+    .await;
     service.assert_running();
     let text = server.metrics().await;
     assert_eq!(
@@ -319,7 +345,16 @@ async fn a_killed_server_delivers_its_spool_when_restarted() {
 
     tansu.restart().await;
     server.restart().await;
-    assert_exactly_once(&db.url(), &ids, Duration::from_secs(120)).await;
+    assert_exactly_once(
+        &db.url(),
+        &ids,
+        Duration::from_secs(120),
+        &[
+            &data.path().join("hs.log"),
+            &tansu.dir.path().join("tansu.log"),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +375,16 @@ async fn a_mysql_outage_under_history_service_loses_nothing() {
     for i in 0..10 {
         ids.insert(server.inpaint(&format!("user-{i}")).await.0);
     }
-    assert_exactly_once(&mysql.url(), &ids, Duration::from_secs(60)).await;
+    assert_exactly_once(
+        &mysql.url(),
+        &ids,
+        Duration::from_secs(60),
+        &[
+            &data.path().join("hs.log"),
+            &tansu.dir.path().join("tansu.log"),
+        ],
+    )
+    .await;
     mysql.kill();
     for i in 0..10 {
         ids.insert(server.inpaint(&format!("user-{i}")).await.0);
@@ -350,7 +394,16 @@ async fn a_mysql_outage_under_history_service_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(15)).await;
     service.assert_running();
     mysql.restart().await;
-    assert_exactly_once(&mysql.url(), &ids, Duration::from_secs(90)).await;
+    assert_exactly_once(
+        &mysql.url(),
+        &ids,
+        Duration::from_secs(90),
+        &[
+            &data.path().join("hs.log"),
+            &tansu.dir.path().join("tansu.log"),
+        ],
+    )
+    .await;
     service.assert_running();
     let log = std::fs::read_to_string(data.path().join("hs.log")).unwrap();
     assert!(log.contains("MySQL write failed; retrying"), "{log}");
@@ -370,7 +423,7 @@ async fn a_mysql_history_outage_loses_nothing() {
     for i in 0..5 {
         ids.insert(server.inpaint(&format!("user-{i}")).await.0);
     }
-    assert_exactly_once(&mysql.url(), &ids, Duration::from_secs(60)).await;
+    assert_exactly_once(&mysql.url(), &ids, Duration::from_secs(60), &[]).await;
     mysql.kill();
     for i in 0..10 {
         ids.insert(server.inpaint(&format!("user-{i}")).await.0);
@@ -386,7 +439,7 @@ async fn a_mysql_history_outage_loses_nothing() {
         .unwrap();
     assert!(r.status().is_server_error(), "{}", r.status());
     mysql.restart().await;
-    assert_exactly_once(&mysql.url(), &ids, Duration::from_secs(90)).await;
+    assert_exactly_once(&mysql.url(), &ids, Duration::from_secs(90), &[]).await;
     let page: serde_json::Value = server
         .client
         .get(format!("{}/api/v1/history?user_id=user-1", server.url))
