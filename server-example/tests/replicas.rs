@@ -301,6 +301,50 @@ async fn a_job_submitted_to_one_replica_is_every_replicas() {
         .object(&format!("images/finetune/jobs/{id}/model.safetensors"))
         .await
         .is_none());
+
+    // A running job is cancelled through the replica that does not train it.
+    let long = a
+        .submit(
+            job_form(photos(4))
+                .text("user_id", "dora")
+                .text("steps", "1000000"),
+            None,
+        )
+        .await;
+    let running = a
+        .wait_job(&long, "a checkpoint", |v| {
+            v["checkpoint_step"].as_u64() >= Some(2)
+        })
+        .await;
+    let pid: u32 = running["replica"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let other = if pid == a.child_id() { &b } else { &a };
+    let r = other
+        .client
+        .delete(format!("{}/api/v1/finetune/{long}", other.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "cancelled within the wait");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["state"], "cancelled", "{v}");
+    let kept = v["checkpoint_step"].as_u64().unwrap();
+    assert!(kept >= running["checkpoint_step"].as_u64().unwrap());
+    let stored = shared
+        .object(&format!(
+            "images/finetune/jobs/{long}/checkpoint.safetensors"
+        ))
+        .await
+        .expect("the cancelled job's checkpoint is kept");
+    let header = u64::from_le_bytes(stored[..8].try_into().unwrap()) as usize;
+    let meta: Value = serde_json::from_slice(&stored[8..8 + header]).unwrap();
+    assert!(meta.get("state_json").is_some(), "a trainer checkpoint");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
