@@ -11,6 +11,19 @@ use bytes::Bytes;
 use common::{create_bucket, moto_endpoint, skip_services};
 use history_sink::{HistoryError, ImageStore, S3Config};
 
+/// The image store on moto's `bucket` under `images/`, with moto's test credentials.
+fn images_in(endpoint: &str, bucket: &str) -> ImageStore {
+    ImageStore::s3(S3Config {
+        bucket: bucket.to_owned(),
+        endpoint: Some(endpoint.to_owned()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        prefix: "images/".into(),
+    })
+    .unwrap()
+}
+
 #[tokio::test]
 async fn s3_put_get_round_trip() {
     if skip_services("s3_put_get_round_trip") {
@@ -19,15 +32,7 @@ async fn s3_put_get_round_trip() {
     let (ep, _moto) = moto_endpoint().await;
     let bucket = format!("hs-test-{:08x}", rand::random::<u32>());
     create_bucket(&ep, &bucket).await;
-    let store = ImageStore::s3(S3Config {
-        bucket: bucket.clone(),
-        endpoint: Some(ep),
-        region: Some("us-east-1".into()),
-        access_key_id: Some("test".into()),
-        secret_access_key: Some("test".into()),
-        prefix: "images/".into(),
-    })
-    .unwrap();
+    let store = images_in(&ep, &bucket);
     let a = store
         .put(Bytes::from_static(b"\x89PNG fake"), "image/png")
         .await
@@ -61,15 +66,7 @@ async fn s3_file_store_beside_the_images() {
     let (ep, _moto) = moto_endpoint().await;
     let bucket = format!("hs-test-{:08x}", rand::random::<u32>());
     create_bucket(&ep, &bucket).await;
-    let images = ImageStore::s3(S3Config {
-        bucket: bucket.clone(),
-        endpoint: Some(ep),
-        region: Some("us-east-1".into()),
-        access_key_id: Some("test".into()),
-        secret_access_key: Some("test".into()),
-        prefix: "images/".into(),
-    })
-    .unwrap();
+    let images = images_in(&ep, &bucket);
     let files = history_sink::FileStore::beside(&images, "finetune").unwrap();
     files
         .put("jobs/1/train/0000.png", Bytes::from_static(b"photo"))

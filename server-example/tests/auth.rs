@@ -11,18 +11,6 @@ use image::{Rgb, RgbImage};
 use serde_json::Value;
 use server_example::auth::tokens;
 
-/// The tiny jobs of tests/finetune.rs: seconds on any CPU.
-const TINY: &[&str] = &[
-    "--finetune-train-size",
-    "32",
-    "--finetune-val-size",
-    "32",
-    "--finetune-batch",
-    "2",
-    "--finetune-val-every",
-    "1000",
-];
-
 struct Users {
     alice: String,
     bob: String,
@@ -98,7 +86,11 @@ async fn with_tokens_nothing_of_one_user_reaches_another() {
     let dir = tempfile::tempdir().unwrap();
     let (file, t) = tokens_file(dir.path());
     let auth = format!("tokens:{}", file.display());
-    let args: Vec<&str> = TINY.iter().copied().chain(["--auth", &auth]).collect();
+    let args: Vec<&str> = TINY_FINETUNE
+        .iter()
+        .copied()
+        .chain(["--auth", &auth])
+        .collect();
     let s = start(&args).await;
 
     // Public: health, readiness, the page. Everything else needs a token.

@@ -189,6 +189,11 @@ async fn stored_ids(url: &str) -> Vec<uuid::Uuid> {
         .collect()
 }
 
+/// The logs of the Kafka → MySQL path: the history service's (`DATA/hs.log`) and the broker's.
+fn pipeline_logs(data: &Path, tansu: &Tansu) -> [PathBuf; 2] {
+    [data.join("hs.log"), tansu.dir.path().join("tansu.log")]
+}
+
 /// The last `n` lines of a log file, for a failure message.
 fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -203,7 +208,7 @@ async fn assert_exactly_once(
     url: &str,
     want: &HashSet<uuid::Uuid>,
     timeout: Duration,
-    logs: &[&Path],
+    logs: &[PathBuf],
 ) {
     let deadline = Instant::now() + timeout;
     let mut rows = stored_ids(url).await;
@@ -289,10 +294,7 @@ async fn a_broker_outage_loses_nothing_and_slows_nothing() {
         &db.url(),
         &ids,
         Duration::from_secs(120),
-        &[
-            &data.path().join("hs.log"),
-            &tansu.dir.path().join("tansu.log"),
-        ],
+        &pipeline_logs(data.path(), &tansu),
     )
     .await;
     service.assert_running();
@@ -349,10 +351,7 @@ async fn a_killed_server_delivers_its_spool_when_restarted() {
         &db.url(),
         &ids,
         Duration::from_secs(120),
-        &[
-            &data.path().join("hs.log"),
-            &tansu.dir.path().join("tansu.log"),
-        ],
+        &pipeline_logs(data.path(), &tansu),
     )
     .await;
 }
@@ -379,10 +378,7 @@ async fn a_mysql_outage_under_history_service_loses_nothing() {
         &mysql.url(),
         &ids,
         Duration::from_secs(60),
-        &[
-            &data.path().join("hs.log"),
-            &tansu.dir.path().join("tansu.log"),
-        ],
+        &pipeline_logs(data.path(), &tansu),
     )
     .await;
     mysql.kill();
@@ -398,10 +394,7 @@ async fn a_mysql_outage_under_history_service_loses_nothing() {
         &mysql.url(),
         &ids,
         Duration::from_secs(90),
-        &[
-            &data.path().join("hs.log"),
-            &tansu.dir.path().join("tansu.log"),
-        ],
+        &pipeline_logs(data.path(), &tansu),
     )
     .await;
     service.assert_running();

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::process::Server;
 use common::{job_form, photos, TINY_FINETUNE};
+use reqwest::Method;
 use serde_json::Value;
+use server_example::auth::tokens;
 use services::{create_bucket, moto_endpoint, skip_services, Moto, TestDb};
 
 /// Serialises the tests of this file: each runs three or four servers on two cores.
@@ -117,35 +119,46 @@ trait Api {
     fn base(&self) -> &str;
     fn http(&self) -> &reqwest::Client;
 
-    async fn submit(&self, form: reqwest::multipart::Form, auth: Option<&str>) -> String {
-        let mut r = self
+    /// A request to `path`, signed in with the API token `token` when one is given.
+    fn call(&self, method: Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        let r = self
             .http()
-            .post(format!("{}/api/v1/finetune", self.base()))
-            .multipart(form);
-        if let Some(token) = auth {
-            r = r.bearer_auth(token);
+            .request(method, format!("{}{path}", self.base()));
+        match token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
         }
-        let r = r.send().await.unwrap();
+    }
+
+    async fn submit(&self, form: reqwest::multipart::Form, token: Option<&str>) -> String {
+        let r = self.call(Method::POST, "/api/v1/finetune", token);
+        let r = r.multipart(form).send().await.unwrap();
         assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
         let v: Value = r.json().await.unwrap();
         v["job_id"].as_str().unwrap().to_owned()
     }
 
-    async fn job(&self, id: &str) -> Value {
-        let r = self
-            .http()
-            .get(format!("{}/api/v1/finetune/{id}", self.base()))
-            .send()
-            .await
-            .unwrap();
+    async fn job_as(&self, id: &str, token: Option<&str>) -> Value {
+        let r = self.call(Method::GET, &format!("/api/v1/finetune/{id}"), token);
+        let r = r.send().await.unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
         r.json().await.unwrap()
     }
 
-    async fn wait_job(&self, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    async fn job(&self, id: &str) -> Value {
+        self.job_as(id, None).await
+    }
+
+    async fn wait_job_as(
+        &self,
+        id: &str,
+        token: Option<&str>,
+        what: &str,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
-            let v = self.job(id).await;
+            let v = self.job_as(id, token).await;
             if ok(&v) {
                 return v;
             }
@@ -155,16 +168,13 @@ trait Api {
         }
     }
 
-    async fn job_ids(&self) -> Vec<String> {
-        let v: Value = self
-            .http()
-            .get(format!("{}/api/v1/finetune", self.base()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    async fn wait_job(&self, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        self.wait_job_as(id, None, what, ok).await
+    }
+
+    async fn job_ids(&self, token: Option<&str>) -> Vec<String> {
+        let r = self.call(Method::GET, "/api/v1/finetune", token);
+        let v: Value = r.send().await.unwrap().json().await.unwrap();
         v["jobs"]
             .as_array()
             .unwrap()
@@ -176,13 +186,9 @@ trait Api {
     /// An inpaint with model `model`: its status.
     async fn inpaint_with(&self, model: &str) -> u16 {
         let (img, mask) = common::small_pair();
-        let r = self
-            .http()
-            .post(format!("{}/api/v1/inpaint", self.base()))
-            .multipart(common::form(img, mask).text("model", model.to_owned()))
-            .send()
-            .await
-            .unwrap();
+        let form = common::form(img, mask).text("model", model.to_owned());
+        let r = self.call(Method::POST, "/api/v1/inpaint", None);
+        let r = r.multipart(form).send().await.unwrap();
         let status = r.status().as_u16();
         assert!(
             status == 200 || status == 404,
@@ -248,7 +254,7 @@ async fn a_job_submitted_to_one_replica_is_every_replicas() {
             None,
         )
         .await;
-    assert!(b.job_ids().await.contains(&id), "B lists A's job");
+    assert!(b.job_ids(None).await.contains(&id), "B lists A's job");
     // B streams the job's progress wherever it runs.
     let streamed = events(&b, &id).await;
     assert_eq!(streamed.last().unwrap()["state"], "done", "{streamed:?}");
@@ -285,12 +291,8 @@ async fn a_job_submitted_to_one_replica_is_every_replicas() {
     assert_eq!(b.inpaint_with(&uuid::Uuid::now_v7().to_string()).await, 404);
 
     // Deleted through one replica, it is gone from the other and from the bucket.
-    let r = b
-        .client
-        .delete(format!("{}/api/v1/models/{id}", b.url))
-        .send()
-        .await
-        .unwrap();
+    let r = b.call(Method::DELETE, &format!("/api/v1/models/{id}"), None);
+    let r = r.send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(
         a.inpaint_with(&id).await,
@@ -325,12 +327,8 @@ async fn a_job_submitted_to_one_replica_is_every_replicas() {
         .parse()
         .unwrap();
     let other = if pid == a.child_id() { &b } else { &a };
-    let r = other
-        .client
-        .delete(format!("{}/api/v1/finetune/{long}", other.url))
-        .send()
-        .await
-        .unwrap();
+    let r = other.call(Method::DELETE, &format!("/api/v1/finetune/{long}"), None);
+    let r = r.send().await.unwrap();
     assert_eq!(r.status(), 200, "cancelled within the wait");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["state"], "cancelled", "{v}");
@@ -487,28 +485,11 @@ async fn sessions_and_ownership_hold_across_replicas() {
     }
     let _one = ONE_AT_A_TIME.lock().await;
     let shared = Shared::new().await;
-    let tokens = shared.dirs.path().join("tokens");
+    let token_file = shared.dirs.path().join("tokens");
     let key = shared.dirs.path().join("session.key");
-    let add = |user: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_server-example"))
-            .args(["token", "add", user, "--file"])
-            .arg(&tokens)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .to_owned()
-    };
-    let (alice, bob) = (add("alice"), add("bob"));
-    let auth = format!("tokens:{}", tokens.display());
+    let alice = tokens::add(&token_file, "alice", None, false).unwrap();
+    let bob = tokens::add(&token_file, "bob", None, false).unwrap();
+    let auth = format!("tokens:{}", token_file.display());
     let key_arg = key.display().to_string();
     let flags = [
         "--auth",
@@ -520,13 +501,9 @@ async fn sessions_and_ownership_hold_across_replicas() {
     let b = shared.replica("b", &flags).await;
 
     // A cookie signed by A is accepted by B.
-    let r = a
-        .client
-        .post(format!("{}/api/v1/session", a.url))
-        .json(&serde_json::json!({ "token": alice }))
-        .send()
-        .await
-        .unwrap();
+    let r = a.call(Method::POST, "/api/v1/session", None);
+    let r = r.json(&serde_json::json!({ "token": alice })).send().await;
+    let r = r.unwrap();
     assert_eq!(r.status(), 200);
     let cookie = r.headers()["set-cookie"]
         .to_str()
@@ -535,89 +512,44 @@ async fn sessions_and_ownership_hold_across_replicas() {
         .next()
         .unwrap()
         .to_owned();
-    let me: Value = b
-        .client
-        .get(format!("{}/api/v1/session", b.url))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = b
+        .call(Method::GET, "/api/v1/session", None)
+        .header("cookie", &cookie);
+    let me: Value = me.send().await.unwrap().json().await.unwrap();
     assert_eq!(me["user"], "alice", "{me}");
 
     // Alice's job, submitted through A, is hers on both replicas and no one else's.
     let id = a
         .submit(job_form(photos(3)).text("steps", "3"), Some(&alice))
         .await;
+    let job = format!("/api/v1/finetune/{id}");
     for (name, s) in [("A", &a), ("B", &b)] {
-        let get = |token: &str| {
-            s.client
-                .get(format!("{}/api/v1/finetune/{id}", s.url))
-                .bearer_auth(token.to_owned())
-                .send()
+        let status = |method: Method, token: &str| {
+            let r = s.call(method, &job, Some(token)).send();
+            async move { r.await.unwrap().status() }
         };
-        assert_eq!(get(&alice).await.unwrap().status(), 200, "alice on {name}");
-        let r = get(&bob).await.unwrap();
-        assert_eq!(r.status(), 404, "bob on {name}");
-        let list: Value = s
-            .client
-            .get(format!("{}/api/v1/finetune", s.url))
-            .bearer_auth(&bob)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(list["jobs"], serde_json::json!([]), "bob's list on {name}");
-        let cancel = s
-            .client
-            .delete(format!("{}/api/v1/finetune/{id}", s.url))
-            .bearer_auth(&bob)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(cancel.status(), 404, "bob cancelling on {name}");
+        assert_eq!(status(Method::GET, &alice).await, 200, "alice on {name}");
+        assert_eq!(status(Method::GET, &bob).await, 404, "bob on {name}");
+        assert_eq!(
+            status(Method::DELETE, &bob).await,
+            404,
+            "bob cancelling on {name}"
+        );
+        assert!(
+            s.job_ids(Some(&bob)).await.is_empty(),
+            "bob's list on {name}"
+        );
     }
     // Nor can Bob fine-tune from her model, through either replica, once it exists.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let v: Value = b
-            .client
-            .get(format!("{}/api/v1/finetune/{id}", b.url))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["state"] == "done" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "alice's job: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    b.wait_job_as(&id, Some(&alice), "alice's job", |v| v["state"] == "done")
+        .await;
     for s in [&a, &b] {
-        let r = s
-            .client
-            .post(format!("{}/api/v1/finetune", s.url))
-            .bearer_auth(&bob)
-            .multipart(job_form(photos(3)).text("base_model", id.clone()))
-            .send()
-            .await
-            .unwrap();
+        let r = s.call(Method::POST, "/api/v1/finetune", Some(&bob));
+        let form = job_form(photos(3)).text("base_model", id.clone());
+        let r = r.multipart(form).send().await.unwrap();
         assert_eq!(r.status(), 404, "{}", r.text().await.unwrap());
     }
     // Her cookie from A reads it on B.
-    let r = b
-        .client
-        .get(format!("{}/api/v1/finetune/{id}", b.url))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = b.call(Method::GET, &job, None).header("cookie", &cookie);
+    assert_eq!(r.send().await.unwrap().status(), 200);
 }

@@ -328,7 +328,7 @@ impl FineTunes {
         let active = || {
             AppError::JobActive(format!(
                 "job {id} is still {}; cancel it first (DELETE /api/v1/finetune/{id})",
-                state_word(status.state)
+                status.state.as_str()
             ))
         };
         if !status.state.is_over() {
@@ -433,7 +433,7 @@ impl FineTunes {
         if status.state.is_over() {
             return Err(AppError::JobFinished(format!(
                 "job {id} is already {}",
-                state_word(status.state)
+                status.state.as_str()
             )));
         }
         if status.state == JobState::Queued {
@@ -487,13 +487,6 @@ impl FineTunes {
 /// A job id from a URL; 404 `unknown_job` when it is not one.
 fn parse_job_id(id: &str) -> Result<Uuid, AppError> {
     Uuid::parse_str(id).map_err(|_| AppError::UnknownJob(id.chars().take(64).collect()))
-}
-
-fn state_word(state: JobState) -> String {
-    serde_json::to_value(state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "active".into())
 }
 
 impl Inner {

@@ -44,16 +44,6 @@ pub struct JobQueue {
     db: Db,
 }
 
-fn state_name(s: JobState) -> &'static str {
-    match s {
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Done => "done",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-    }
-}
-
 /// The JSON status with the row's state, which is the one that counts.
 fn decode(json: &str, state: &str) -> Result<JobStatus, sqlx::Error> {
     let bad = |e: Box<dyn std::error::Error + Send + Sync>| sqlx::Error::Decode(e);
@@ -97,7 +87,7 @@ impl JobQueue {
             let done = on_db!(&self.db, p => sqlx::query(SQL)
                 .bind(status.job_id.to_string())
                 .bind(&status.user_id)
-                .bind(state_name(status.state))
+                .bind(status.state.as_str())
                 .bind(encode(status))
                 .bind(&status.user_id)
                 .bind(max_active as i64)
@@ -129,7 +119,7 @@ impl JobQueue {
         let done = on_db!(&self.db, p => sqlx::query(&sql)
             .bind(status.job_id.to_string())
             .bind(&status.user_id)
-            .bind(state_name(status.state))
+            .bind(status.state.as_str())
             .bind(encode(status))
             .execute(p)
             .await?
@@ -156,7 +146,7 @@ impl JobQueue {
     ) -> Result<Vec<JobStatus>, sqlx::Error> {
         const SQL: &str = "SELECT status, state FROM finetune_jobs \
             WHERE (? IS NULL OR user_id = ?) AND (? IS NULL OR state = ?) ORDER BY job_id";
-        let state = state.map(state_name);
+        let state = state.map(JobState::as_str);
         let rows: Vec<(String, String)> = on_db!(&self.db, p => sqlx::query_as(SQL)
             .bind(user)
             .bind(user)
@@ -327,7 +317,7 @@ impl JobQueue {
         let id = status.job_id.to_string();
         let done = on_db!(&self.db, p => sqlx::query(&sql)
             .bind(encode(status))
-            .bind(state_name(status.state))
+            .bind(status.state.as_str())
             .bind(over)
             .bind(over)
             .bind(&id)

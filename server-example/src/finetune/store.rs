@@ -62,7 +62,7 @@ impl WorkDir {
             let local = self.0.join(folder);
             tokio::fs::create_dir_all(&local)
                 .await
-                .map_err(|e| io_error(&local, e))?;
+                .map_err(|e| HistoryError::io(&local, e))?;
             for name in files.list(&format!("jobs/{id}/{folder}")).await? {
                 let file = name.rsplit('/').next().unwrap_or_default();
                 files.get_file(&name, &local.join(file)).await?;
@@ -70,7 +70,7 @@ impl WorkDir {
         }
         tokio::fs::create_dir_all(self.run())
             .await
-            .map_err(|e| io_error(&self.run(), e))?;
+            .map_err(|e| HistoryError::io(self.run(), e))?;
         files
             .get_file(&checkpoint_name(id), &self.checkpoint())
             .await?;
@@ -84,13 +84,6 @@ impl WorkDir {
                 tracing::warn!("removing {}: {e}", self.0.display());
             }
         }
-    }
-}
-
-fn io_error(path: &Path, source: std::io::Error) -> HistoryError {
-    HistoryError::Io {
-        path: path.to_owned(),
-        source,
     }
 }
 
